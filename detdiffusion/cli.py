@@ -1,0 +1,128 @@
+"""The ``detdiffusion`` command: data commands (``shapes``, ``inspect-data``)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from jsonargparse import ArgumentParser
+
+from detdiffusion.data.coco import FilterConfig, read_coco
+from detdiffusion.data.shapes import (
+    SHAPES_FILTERS,
+    ShapesConfig,
+    default_shapes_dir,
+    generate_shapes,
+    shapes_paths,
+)
+from detdiffusion.layout.grid import LocationGrid
+from detdiffusion.layout.prompt import PromptBuilder, PromptTemplate
+from detdiffusion.layout.types import LongPromptPolicy
+
+
+def _shapes_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Write the built-in shapes dataset (COCO format, PNG images, masks).")
+    p.add_argument("--out", type=Path, required=True, help="Output folder.")
+    p.add_argument("--train", type=int, default=ShapesConfig.num_train, help="Training images.")
+    p.add_argument("--val", type=int, default=ShapesConfig.num_val, help="Validation images.")
+    p.add_argument("--size", type=int, default=ShapesConfig.size, help="Image side in pixels.")
+    p.add_argument(
+        "--seed", type=int, default=ShapesConfig.seed, help="Seed; the same seed writes the same files."
+    )
+    p.add_argument(
+        "--min_objects", type=int, default=ShapesConfig.min_objects, help="Fewest shapes an image."
+    )
+    p.add_argument("--max_objects", type=int, default=ShapesConfig.max_objects, help="Most shapes an image.")
+    return p
+
+
+def _inspect_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        description="Print what a COCO-format dataset holds and what the prompts cost in tokens; "
+        "draw sample layouts. Without --annotations, the built-in shapes dataset (cached)."
+    )
+    p.add_argument("--annotations", type=Path | None, default=None, help="COCO instances JSON.")
+    p.add_argument("--images", type=Path | None, default=None, help="Image folder of the annotations.")
+    p.add_argument("--stuff", type=Path | None, default=None, help="COCO-Stuff JSON of the same images.")
+    p.add_argument("--out", type=Path | None, default=None, help="Folder for samples.png and summary.json.")
+    p.add_argument(
+        "--filters",
+        type=FilterConfig | None,
+        default=None,
+        help="Filters (default: LostGAN's; none for shapes).",
+    )
+    p.add_argument(
+        "--tokenizer",
+        type=str | None,
+        default=None,
+        help="Local SD or tokenizer folder (default: SD 1.x CLIP).",
+    )
+    p.add_argument("--grid", type=LocationGrid, default=LocationGrid(16, 16), help="Location token grid.")
+    p.add_argument("--template", type=PromptTemplate, default=PromptTemplate(), help="Prompt template.")
+    p.add_argument(
+        "--long_prompts", type=LongPromptPolicy, default="long", help="Policy for prompts over 77 tokens."
+    )
+    p.add_argument("--num_samples", type=int, default=16, help="Images in samples.png.")
+    p.add_argument("--seed", type=int, default=0, help="Seed of the sample picks.")
+    return p
+
+
+def _run_shapes(cfg) -> None:
+    config = ShapesConfig(
+        num_train=cfg.train,
+        num_val=cfg.val,
+        size=cfg.size,
+        seed=cfg.seed,
+        min_objects=cfg.min_objects,
+        max_objects=cfg.max_objects,
+    )
+    out = generate_shapes(cfg.out, config)
+    for split, paths in shapes_paths(out).items():
+        print(f"{split}: --annotations {paths.annotations} --images {paths.images}")
+
+
+def _run_inspect(cfg) -> None:
+    # Imported here: torch and transformers take seconds to import, and `shapes` needs neither.
+    from detdiffusion.data.inspect import sample_grid, summarize, write_inspection
+    from detdiffusion.layout.encoding import LayoutTokenizer
+    from detdiffusion.layout.tokenizer import load_tokenizer
+
+    annotations, images, stuff, filters = cfg.annotations, cfg.images, cfg.stuff, cfg.filters
+    if (annotations is None) != (images is None):
+        raise SystemExit("error: --annotations and --images go together")
+    if annotations is None:
+        shapes = ShapesConfig()
+        paths = shapes_paths(generate_shapes(default_shapes_dir(shapes), shapes))["train"]
+        annotations, images, filters = paths.annotations, paths.images, filters or SHAPES_FILTERS
+    tokenizer = LayoutTokenizer(
+        load_tokenizer(cfg.tokenizer), PromptBuilder(cfg.grid, cfg.template), cfg.long_prompts
+    )
+    coco = read_coco(annotations, images, stuff, filters or FilterConfig())
+    print(f"{annotations}: {len(coco):,} images, {coco.report.annotations_out:,} objects kept")
+    summary = summarize(coco, tokenizer)
+    print(summary.format())
+    if cfg.out is not None:
+        paths = write_inspection(summary, sample_grid(coco, tokenizer, cfg.num_samples, cfg.seed), cfg.out)
+        print(f"wrote {paths['samples']} and {paths['summary']}")
+
+
+DATA_COMMANDS = {"shapes": (_shapes_parser, _run_shapes), "inspect-data": (_inspect_parser, _run_inspect)}
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``detdiffusion`` and ``python -m detdiffusion``; ``args`` for notebooks and tests."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if args is None else list(args)
+    parser = ArgumentParser(
+        prog="detdiffusion", description="DetDiffusion: layout-to-image data for detection."
+    )
+    commands = parser.add_subcommands()
+    for name, (make, _) in DATA_COMMANDS.items():
+        commands.add_subcommand(name, make(), help=make().description)
+    cfg = parser.instantiate_classes(parser.parse_args(argv))
+    try:
+        DATA_COMMANDS[cfg.subcommand][1](cfg[cfg.subcommand])
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        # A user's data or setting mistake: the message names the file and id; no traceback.
+        raise SystemExit(f"error: {e}") from None

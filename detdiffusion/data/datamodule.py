@@ -1,0 +1,181 @@
+"""``LayoutDataModule``: COCO-format layouts (or the built-in shapes) as batches for the diffusion model."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+
+from detdiffusion.data.coco import Category, CocoLayouts, FilterConfig, read_coco
+from detdiffusion.data.dataset import EpochSampler, LayoutDataset, TransformConfig, collate_layouts
+from detdiffusion.data.shapes import (
+    SHAPES_FILTERS,
+    ShapesConfig,
+    default_shapes_dir,
+    generate_shapes,
+    shapes_paths,
+)
+from detdiffusion.layout.encoding import LayoutTokenizer, LongPromptPolicy
+from detdiffusion.layout.grid import LocationGrid
+from detdiffusion.layout.prompt import PromptBuilder, PromptTemplate
+from detdiffusion.layout.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class LayoutDataModule(L.LightningDataModule):
+    """Images with layout prompts (location and attribute tokens), boxes, labels and masks.
+
+    With no annotation paths, the built-in shapes dataset is generated once into the cache
+    folder (``$DETDIFFUSION_CACHE``, default ``~/.cache/detdiffusion``) and used.
+
+    Batches hold ``pixel_values`` ``(B, 3, S, S)`` in [-1, 1]; ``input_ids`` ``(B, W·77)`` (W
+    windows of 77 tokens, see ``num_windows``); ``object_index`` ``(B, W·77)`` (object slot of
+    each token, -1 for none); ``boxes`` ``(B, N, 4)`` normalised xyxy; ``labels`` ``(B, N)``
+    contiguous class indices into ``categories`` (-1 pads); ``attributes`` ``(B, N)`` codes of
+    ``Attribute`` (-1 pads); ``masks`` ``(B, N, S, S)`` bool (box rectangles where the dataset
+    has no mask, flagged by ``mask_is_box``); ``object_mask`` ``(B, N)``; ``is_stuff``;
+    ``prompt_dropped`` ``(B,)``; ``prompts``; ``image_ids``. Objects are in prompt order.
+
+    Args:
+        train_annotations: COCO instances JSON of the training split.
+        train_images: image folder of the training split.
+        val_annotations: COCO instances JSON of the validation split.
+        val_images: image folder of the validation split.
+        train_stuff_annotations: COCO-Stuff JSON merged into the training split.
+        val_stuff_annotations: COCO-Stuff JSON merged into the validation split.
+        shapes: the built-in dataset used when no annotation paths are given.
+        tokenizer: local Stable Diffusion folder or tokenizer folder; None builds SD 1.x's CLIP
+            tokenizer offline from open_clip's BPE vocabulary.
+        grid: location token grid.
+        template: prompt template.
+        class_names: raw class name → prompt name overrides.
+        long_prompts: policy for prompts longer than one 77-token window.
+        filters: object and image filters; None: LostGAN's COCO-Stuff setting for COCO files,
+            keep everything for the built-in shapes.
+        transform: output size, resize mode and augmentation.
+        empty_prompt_prob: share of training prompts replaced by ``""`` (classifier-free guidance).
+        batch_size: examples per batch.
+        num_workers: data loading processes.
+        seed: seed of shuffling, augmentation, object order and prompt dropout.
+    """
+
+    def __init__(
+        self,
+        train_annotations: str | None = None,
+        train_images: str | None = None,
+        val_annotations: str | None = None,
+        val_images: str | None = None,
+        train_stuff_annotations: str | None = None,
+        val_stuff_annotations: str | None = None,
+        shapes: ShapesConfig = ShapesConfig(),
+        tokenizer: str | None = None,
+        grid: LocationGrid = LocationGrid(16, 16),
+        template: PromptTemplate = PromptTemplate(),
+        class_names: dict[str, str] | None = None,
+        long_prompts: LongPromptPolicy = "long",
+        filters: FilterConfig | None = None,
+        transform: TransformConfig = TransformConfig(),
+        empty_prompt_prob: float = 0.1,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        for split, ann, img in (
+            ("train", train_annotations, train_images),
+            ("val", val_annotations, val_images),
+        ):
+            if (ann is None) != (img is None):
+                raise ValueError(
+                    f"--data.{split}_annotations and --data.{split}_images go together; got one of them"
+                )
+        if train_annotations is None and val_annotations is not None:
+            raise ValueError(
+                "--data.val_annotations needs --data.train_annotations (or neither, for the shapes)"
+            )
+        if batch_size < 1:
+            raise ValueError(f"--data.batch_size must be >= 1, got {batch_size}")
+        self.uses_shapes = train_annotations is None
+        self.filters = filters or (SHAPES_FILTERS if self.uses_shapes else FilterConfig())
+        self.layout_tokenizer = LayoutTokenizer(
+            load_tokenizer(tokenizer), PromptBuilder(grid, template, class_names), policy=long_prompts
+        )
+        self.train_dataset: LayoutDataset | None = None
+        self.val_dataset: LayoutDataset | None = None
+        self.categories: list[Category] = []
+
+    def _split_paths(self, split: str) -> tuple[str | Path, str | Path, str | Path | None] | None:
+        hp = self.hparams
+        if self.uses_shapes:
+            paths = shapes_paths(default_shapes_dir(hp.shapes))[split]
+            return paths.annotations, paths.images, None
+        if hp[f"{split}_annotations"] is None:
+            return None
+        return hp[f"{split}_annotations"], hp[f"{split}_images"], hp[f"{split}_stuff_annotations"]
+
+    def prepare_data(self) -> None:
+        if self.uses_shapes:
+            generate_shapes(default_shapes_dir(self.hparams.shapes), self.hparams.shapes)
+
+    def read_split(self, split: str) -> CocoLayouts | None:
+        """The split read and filtered (None when it has no paths); logs the filter report."""
+        paths = self._split_paths(split)
+        if paths is None:
+            return None
+        annotations, images, stuff = paths
+        coco = read_coco(annotations, images, stuff, self.filters)
+        rank_zero_info(f"{split}: {annotations}\n{coco.report.format()}")
+        return coco
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.uses_shapes:
+            self.prepare_data()  # a no-op when the cache is there; covers use outside a Trainer
+        hp = self.hparams
+        if stage in ("fit", None) and self.train_dataset is None:
+            coco = self.read_split("train")
+            self.train_dataset = LayoutDataset(
+                coco,
+                self.layout_tokenizer,
+                hp.transform,
+                train=True,
+                empty_prompt_prob=hp.empty_prompt_prob,
+                seed=hp.seed,
+            )
+            self.categories = [coco.categories[c] for c in sorted(coco.categories)]
+        if stage in ("fit", "validate", "test", None) and self.val_dataset is None:
+            coco = self.read_split("val")
+            if coco is not None:
+                self.val_dataset = LayoutDataset(
+                    coco, self.layout_tokenizer, hp.transform, train=False, seed=hp.seed
+                )
+                self.categories = self.categories or [coco.categories[c] for c in sorted(coco.categories)]
+
+    def _loader(self, dataset: LayoutDataset, shuffle: bool) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(
+            dataset,
+            batch_size=hp.batch_size,
+            sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=hp.seed),
+            num_workers=hp.num_workers,
+            collate_fn=functools.partial(collate_layouts, empty_window=self.layout_tokenizer.empty_window),
+            persistent_workers=hp.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            raise RuntimeError("call setup('fit') before train_dataloader()")
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return [] if self.val_dataset is None else self._loader(self.val_dataset, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self.val_dataloader()
