@@ -170,16 +170,12 @@ class LayoutTokenizer:
         return self._windows([ids])[0]
 
     def _largest_that_fit(self, layout: Layout, group: np.ndarray) -> tuple[int, ...]:
-        """Indices of the largest objects whose tokens fit one window, in layout order."""
+        """Indices, in layout order, of the objects left when the smallest are dropped until the rest fit."""
         cost = np.bincount(group[group >= 0], minlength=len(layout))
         budget = self.capacity - int((group < 0).sum())
         by_size = sorted(range(len(layout)), key=lambda i: -layout.objects[i].area)
-        kept, used = [], 0
-        for i in by_size:
-            if used + cost[i] <= budget:
-                kept.append(i)
-                used += int(cost[i])
-        return tuple(sorted(kept))
+        used = np.cumsum(cost[by_size])
+        return tuple(sorted(by_size[: int(np.searchsorted(used, budget, side="right"))]))
 
     def _pack(self, ids: list[int], group: np.ndarray, layout: Layout) -> list[tuple[int, int]]:
         """Token ranges of the windows, breaking only where an object's tokens begin."""

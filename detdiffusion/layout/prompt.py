@@ -157,9 +157,10 @@ class PromptBuilder:
 
 
 def _widen_degenerate(box: Sequence[float], grid: LocationGrid) -> tuple[float, float, float, float]:
-    """A box whose corners fell into one bin decodes to a point: give it half a bin each side."""
+    """A box whose corners fell into one bin decodes to a line or a point: widen it to just under
+    a bin, so that it is a valid box and still encodes back to the same two tokens."""
     x0, y0, x1, y1 = box
-    hx, hy = 0.5 / (grid.w_bins - 1), 0.5 / (grid.h_bins - 1)
+    hx, hy = 0.49 / (grid.w_bins - 1), 0.49 / (grid.h_bins - 1)
     if x1 <= x0:
         x0, x1 = max(0.0, x0 - hx), min(1.0, x1 + hx)
     if y1 <= y0:

@@ -134,12 +134,12 @@ class Layout:
         return len(self.objects)
 
     def boxes(self) -> np.ndarray:
-        """Normalised xyxy boxes, ``(N, 4)`` float32."""
-        return np.asarray([o.box for o in self.objects], dtype=np.float32).reshape(-1, 4)
+        """Normalised xyxy boxes, ``(N, 4)`` float64 (as stored, so tokens computed from them agree)."""
+        return np.asarray([o.box for o in self.objects], dtype=np.float64).reshape(-1, 4)
 
     def pixel_boxes(self) -> np.ndarray:
-        """Pixel xyxy boxes, ``(N, 4)`` float32."""
-        return self.boxes() * np.asarray([self.width, self.height] * 2, dtype=np.float32)
+        """Pixel xyxy boxes, ``(N, 4)`` float64."""
+        return self.boxes() * np.asarray([self.width, self.height] * 2, dtype=np.float64)
 
     def with_objects(self, objects: Sequence[LayoutObject]) -> Layout:
         return replace(self, objects=tuple(objects))
