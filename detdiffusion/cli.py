@@ -120,7 +120,7 @@ def main(args: list[str] | None = None) -> None:
     commands = parser.add_subcommands()
     for name, (make, _) in DATA_COMMANDS.items():
         commands.add_subcommand(name, make(), help=make().description)
-    cfg = parser.instantiate_classes(parser.parse_args(argv))
+    cfg = parser.instantiate(parser.parse_args(argv))
     try:
         DATA_COMMANDS[cfg.subcommand][1](cfg[cfg.subcommand])
     except (FileNotFoundError, FileExistsError, ValueError) as e:

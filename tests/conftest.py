@@ -37,5 +37,7 @@ def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from detdiffusion.data.shapes import ShapesConfig, generate_shapes
 
     return generate_shapes(
-        tmp_path_factory.mktemp("shapes") / "ds", ShapesConfig(num_train=24, num_val=8, size=64), progress=False
+        tmp_path_factory.mktemp("shapes") / "ds",
+        ShapesConfig(num_train=24, num_val=8, size=64),
+        progress=False,
     )

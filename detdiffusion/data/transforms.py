@@ -41,7 +41,7 @@ def load_rgb(path: str | Path, image_id: int | None = None) -> np.ndarray:
                     arr = arr.astype(np.float64) / 257.0  # 65535 → 255
                 arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
                 return np.repeat(arr[..., None], 3, axis=2)
-            return np.asarray(img.convert("RGB"))
+            return np.array(img.convert("RGB"))  # a writable copy, so torch.from_numpy may share it
     except FileNotFoundError:
         raise FileNotFoundError(f"{where}: image file not found") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:

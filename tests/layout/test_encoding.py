@@ -22,7 +22,9 @@ def _layout(n: int, seed: int = 0) -> Layout:
 @pytest.fixture
 def layout_tokenizer(make_clip_tokenizer):
     def make(policy="long", **kwargs):
-        return LayoutTokenizer(make_clip_tokenizer(), PromptBuilder(LocationGrid(16, 16)), policy=policy, **kwargs)
+        return LayoutTokenizer(
+            make_clip_tokenizer(), PromptBuilder(LocationGrid(16, 16)), policy=policy, **kwargs
+        )
 
     return make
 
@@ -85,7 +87,7 @@ def test_drop_smallest_keeps_the_largest_and_counts(layout_tokenizer) -> None:
 
 
 def test_error_policy_refuses_naming_the_image(layout_tokenizer) -> None:
-    with pytest.raises(ValueError, match="image 42.*tokens"):
+    with pytest.raises(ValueError, match=r"image 42.*tokens"):
         layout_tokenizer("error").encode(_layout(30))
     assert layout_tokenizer("error").encode(_layout(5)).num_windows == 1
 
@@ -106,8 +108,14 @@ def test_empty_layout_and_empty_text(layout_tokenizer) -> None:
 def test_tokens_per_object_on_the_real_vocabulary(layout_tokenizer) -> None:
     """The paper's template costs 8–11 tokens an object for COCO names (DESIGN.md §1)."""
     lt = layout_tokenizer()
-    budget = lt.budget(Layout((LayoutObject("person", (0, 0, 0.5, 0.5), "easy"),
-                               LayoutObject("dining table", (0.5, 0.5, 1, 1), "hard"))))
+    budget = lt.budget(
+        Layout(
+            (
+                LayoutObject("person", (0, 0, 0.5, 0.5), "easy"),
+                LayoutObject("dining table", (0.5, 0.5, 1, 1), "hard"),
+            )
+        )
+    )
     assert budget.per_object.tolist() == [8, 9]  # "( person , <l><l> , [easy] )," and one word more
     assert budget.tokens == 3 + 8 + 9 + 2  # prefix, objects (the last one's ")" alone), BOS and EOS
 

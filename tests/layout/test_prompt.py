@@ -24,7 +24,12 @@ def test_object_without_attribute_has_no_attribute_token() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "name"),
-    [("wall-brick", "wall brick"), ("grass-merged", "grass"), ("dining_table", "dining table"), (" sky  ", "sky")],
+    [
+        ("wall-brick", "wall brick"),
+        ("grass-merged", "grass"),
+        ("dining_table", "dining table"),
+        (" sky  ", "sky"),
+    ],
 )
 def test_class_names_are_normalised(raw: str, name: str) -> None:
     assert normalize_class_name(raw) == name
@@ -71,18 +76,31 @@ def test_parse_prompt_round_trips(objects) -> None:
 
 
 def test_parse_with_a_custom_template() -> None:
-    template = PromptTemplate(prefix="a photo: ", object="{attribute} {name} at {location}",
-                              object_without_attribute="{name} at {location}", separator="; ", suffix=".")
+    template = PromptTemplate(
+        prefix="a photo: ",
+        object="{attribute} {name} at {location}",
+        object_without_attribute="{name} at {location}",
+        separator="; ",
+        suffix=".",
+    )
     builder = PromptBuilder(LocationGrid(8, 8), template)
     layout = Layout((LayoutObject("dog", (0, 0, 0.5, 1.0), "hard"), LayoutObject("sky", (0, 0, 1, 0.3))))
     prompt = builder.build(layout)
     assert prompt == "a photo: [hard] dog at <l0><l60>; sky at <l0><l23>."
-    assert [(o.category, o.attribute.value) for o in builder.parse(prompt).objects] == [("dog", "hard"), ("sky", "none")]
+    assert [(o.category, o.attribute.value) for o in builder.parse(prompt).objects] == [
+        ("dog", "hard"),
+        ("sky", "none"),
+    ]
 
 
 @pytest.mark.parametrize(
     "bad",
-    ["A picture of (cat, <l0><l5>)", "An image with (cat <l0><l5>)", "An image with (cat, <l0><l5>), ", "An image with x"],
+    [
+        "A picture of (cat, <l0><l5>)",
+        "An image with (cat <l0><l5>)",
+        "An image with (cat, <l0><l5>), ",
+        "An image with x",
+    ],
 )
 def test_parse_rejects_prompts_off_the_template(bad: str) -> None:
     with pytest.raises(ValueError):
@@ -100,7 +118,10 @@ def test_training_order_is_random_and_evaluation_order_is_fixed() -> None:
     builder = PromptBuilder()
     layout = Layout(tuple(LayoutObject(f"c{i}", (0.0, 0.0, 0.5, 0.5)) for i in range(6)))
     assert builder.build(layout) == builder.build(layout)
-    orders = {tuple(o.category for o in builder.shuffled(layout, np.random.default_rng(s)).objects) for s in range(20)}
+    orders = {
+        tuple(o.category for o in builder.shuffled(layout, np.random.default_rng(s)).objects)
+        for s in range(20)
+    }
     assert len(orders) > 10
     first = builder.shuffled(layout, np.random.default_rng(3))
     assert first == builder.shuffled(layout, np.random.default_rng(3))  # seeded

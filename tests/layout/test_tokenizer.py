@@ -24,7 +24,12 @@ TEXTS = [
 def test_offline_tokenizer_is_sd15_clip(make_clip_tokenizer) -> None:
     tok = make_clip_tokenizer()
     assert len(tok) == CLIP_VOCAB_SIZE == 49408
-    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.model_max_length) == (49406, 49407, 49407, 77)
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.model_max_length) == (
+        49406,
+        49407,
+        49407,
+        77,
+    )
     reference = SimpleTokenizer()
     for text in TEXTS:
         assert tok(text).input_ids == [49406, *reference.encode(text), 49407]
@@ -37,7 +42,7 @@ def test_load_tokenizer_from_a_stable_diffusion_folder(make_clip_tokenizer, tmp_
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_tokenizer(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="vocab.json"):
+    with pytest.raises(FileNotFoundError, match=r"vocab\.json"):
         load_tokenizer(tmp_path / "empty")
 
 
@@ -49,7 +54,16 @@ def test_layout_tokens_are_single_consecutive_tokens(make_clip_tokenizer) -> Non
     location, attribute = layout_token_ids(tok, grid)
     assert location == list(range(49408, 49408 + 64)) and attribute == [49472, 49473, 49474]
     ids = tok("(cat, <l3><l63>, [hard])", add_special_tokens=False).input_ids
-    assert tok.convert_ids_to_tokens(ids) == ["(</w>", "cat</w>", ",</w>", "<l3>", "<l63>", ",</w>", "[hard]", ")</w>"]
+    assert tok.convert_ids_to_tokens(ids) == [
+        "(</w>",
+        "cat</w>",
+        ",</w>",
+        "<l3>",
+        "<l63>",
+        ",</w>",
+        "[hard]",
+        ")</w>",
+    ]
 
 
 def test_extended_tokenizer_refuses_another_grid(make_clip_tokenizer, tmp_path) -> None:
@@ -76,8 +90,12 @@ def test_sincos_embedding_is_smooth_over_the_grid() -> None:
 
 def _tiny_text_encoder() -> CLIPTextModel:
     config = CLIPTextConfig(
-        vocab_size=CLIP_VOCAB_SIZE, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77,
+        vocab_size=CLIP_VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
     )
     return CLIPTextModel(config).eval()
 

@@ -14,7 +14,9 @@ def test_pixel_and_normalised_boxes() -> None:
     assert layout.pixel_boxes().tolist() == [[64, 32, 192, 96]]
 
 
-@pytest.mark.parametrize("box", [(0.5, 0.1, 0.4, 0.2), (0, 0, 0, 1), (0, 0, 1.2, 1), (float("nan"), 0, 1, 1), (0, 0, 1)])
+@pytest.mark.parametrize(
+    "box", [(0.5, 0.1, 0.4, 0.2), (0, 0, 0, 1), (0, 0, 1.2, 1), (float("nan"), 0, 1, 1), (0, 0, 1)]
+)
 def test_bad_boxes_are_refused_naming_the_object(box) -> None:
     with pytest.raises(ValueError, match=r"'cat' \(annotation id 9\)"):
         LayoutObject("cat", box, annotation_id=9)
