@@ -198,3 +198,17 @@ def test_image_size_mismatch_names_the_file(tmp_path) -> None:
 def test_config_mistakes_name_the_flag(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         LayoutDataModule(**kwargs)
+
+
+def test_settings_parse_as_lightning_cli_sees_them() -> None:
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(LayoutDataModule, "data")
+    cfg = parser.parse_args(
+        ["--data.grid.h_bins=8", "--data.grid.w_bins=8", "--data.filters.min_objects=1", "--data.transform.size=32"]
+    )
+    dm = parser.instantiate(cfg).data
+    assert dm.hparams.grid == LocationGrid(8, 8) and dm.filters.min_objects == 1
+    assert dm.hparams.transform == TransformConfig(size=32)
+    assert "min_object_area" in parser.dump(cfg)

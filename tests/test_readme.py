@@ -1,0 +1,23 @@
+import re
+from pathlib import Path
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def test_readme_python_examples_run() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert blocks
+    for block in blocks:
+        namespace: dict = {}
+        exec(compile(block, str(README), "exec"), namespace)
+        # A "# '...'" line shows the prompt the example builds.
+        for expected in re.findall(r"^# '(.*)'$", block, flags=re.M):
+            assert namespace["builder"].build(namespace["layout"]) == expected
+
+
+def test_readme_gives_the_two_commands_ci_runs() -> None:
+    text = README.read_text()
+    assert "pip install -e . && detdiffusion inspect-data" in text
+    test_command = "pip install -e '.[dev]' && python -m pytest"
+    assert test_command in text
+    assert "python -m pytest" in (README.parent / ".ci" / "run").read_text()
