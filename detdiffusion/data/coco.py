@@ -183,10 +183,22 @@ def _require(entry: Any, keys: Iterable[str], where: str) -> None:
         raise ValueError(f"{where}: missing key(s) {', '.join(missing)}")
 
 
+def _is_number(value: Any) -> bool:
+    """A finite JSON number (not a bool, not a numeric string)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _int(value: Any, where: str, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+    if not _is_number(value) or value != int(value):
         raise ValueError(f"{where}: {name} must be an integer, got {value!r}")
     return int(value)
+
+
+def _where(path: Path, kind: str, index: int, entry: Any) -> str:
+    """``file: image id 7`` where the entry has a usable id, else ``file: images[3]``."""
+    if isinstance(entry, dict) and _is_number(entry.get("id")):
+        return f"{path}: {kind} id {entry['id']}"
+    return f"{path}: {kind}s[{index}]"
 
 
 def _resolve(images_dir: Path, file_name: Any, where: str) -> Path:
@@ -211,11 +223,11 @@ def _check_segmentation(segm: Any, height: int, width: int, where: str) -> Any:
         for poly in segm:
             if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
                 raise ValueError(f"{where}: a polygon must be a flat list of >= 3 x, y pairs")
-            if not all(isinstance(v, int | float) and math.isfinite(v) for v in poly):
+            if not all(_is_number(v) for v in poly):
                 raise ValueError(f"{where}: polygon coordinates must be finite numbers")
         return segm
     if isinstance(segm, dict) and "counts" in segm and "size" in segm:
-        if list(segm["size"]) != [height, width]:
+        if not isinstance(segm["size"], list | tuple) or list(segm["size"]) != [height, width]:
             raise ValueError(f"{where}: RLE size {segm['size']} differs from the image's [{height}, {width}]")
         return segm
     raise ValueError(f"{where}: segmentation must be polygons or an RLE dict with 'counts' and 'size'")
@@ -258,37 +270,43 @@ def read_coco(
         data = _load_json(path)
         from_stuff_file = source_index == 1
         for i, cat in enumerate(data["categories"]):
-            where = f"{path}: categories[{i}]"
+            where = _where(path, "category", i, cat)
             _require(cat, ("id", "name"), where)
             cid = _int(cat["id"], where, "id")
             is_stuff = not cat["isthing"] if "isthing" in cat else from_stuff_file
             new = Category(cid, str(cat["name"]), bool(is_stuff), str(cat.get("supercategory", "")))
             if cid in categories and categories[cid].name != new.name:
                 raise ValueError(
-                    f"{where}: duplicate category id {cid} ({categories[cid].name!r} and {new.name!r})"
+                    f"{where}: duplicate category id ({categories[cid].name!r} and {new.name!r})"
                 )
-            categories[cid] = new
+            # A class listed twice under one name (in one file or in both) keeps its first entry,
+            # so the stuff file cannot turn an instances-file thing into stuff.
+            categories.setdefault(cid, new)
+        seen: set[int] = set()
         for i, img in enumerate(data["images"]):
-            where = f"{path}: images[{i}]"
+            where = _where(path, "image", i, img)
             _require(img, ("id", "file_name", "width", "height"), where)
             iid = _int(img["id"], where, "id")
-            where = f"{path}: image id {iid}"
             width, height = _int(img["width"], where, "width"), _int(img["height"], where, "height")
             if width <= 0 or height <= 0:
                 raise ValueError(f"{where}: width and height must be positive, got {width}x{height}")
             entry = (img["file_name"], _resolve(images_dir, img["file_name"], where), width, height)
+            if iid in seen:
+                raise ValueError(f"{where}: duplicate image id")
+            seen.add(iid)
             if iid in images:
                 if from_stuff_file and images[iid] == entry:
                     continue
-                raise ValueError(f"{where}: duplicate image id (or it differs from the instances file's)")
+                raise ValueError(
+                    f"{where}: file name or size differs from the instances file's {images[iid][:1]}"
+                )
             images[iid] = entry
             objects[iid] = []
             report.images_in += 1
         for i, ann in enumerate(data["annotations"]):
-            where = f"{path}: annotations[{i}]"
+            where = _where(path, "annotation", i, ann)
             _require(ann, ("id", "image_id", "category_id", "bbox"), where)
             aid = _int(ann["id"], where, "id")
-            where = f"{path}: annotation id {aid}"
             if aid in annotation_ids:
                 raise ValueError(f"{where}: duplicate annotation id")
             annotation_ids.add(aid)
@@ -309,6 +327,9 @@ def read_coco(
             if clipped:
                 report.clipped_box += 1
                 clipped_ids.append(aid)
+            # Checked before filtering, so a mistake is reported whatever the filters are.
+            segmentation = _check_segmentation(ann.get("segmentation"), height, width, where)
+            attribute = Attribute.parse(ann.get(ATTRIBUTE_FIELD), f"{where}: ")
             crowd = bool(ann.get("iscrowd", 0))
             if crowd and filters.drop_crowd:
                 report.crowd += 1
@@ -319,16 +340,7 @@ def read_coco(
             if (box[2] - box[0]) * (box[3] - box[1]) <= filters.min_object_area * width * height:
                 report.too_small += 1
                 continue
-            objects[iid].append(
-                Annotation(
-                    aid,
-                    cid,
-                    box,
-                    _check_segmentation(ann.get("segmentation"), height, width, where),
-                    Attribute.parse(ann.get(ATTRIBUTE_FIELD), f"{where}: "),
-                    crowd,
-                )
-            )
+            objects[iid].append(Annotation(aid, cid, box, segmentation, attribute, crowd))
 
     if invalid_ids:
         log.warning(
@@ -370,11 +382,10 @@ def _clip_box(bbox: Any, width: int, height: int) -> tuple[tuple[float, float, f
     """Pixel xyxy of a COCO ``[x, y, w, h]`` clipped to the image and whether it was; None if invalid."""
     if not isinstance(bbox, list | tuple) or len(bbox) != 4:
         return None
-    try:
-        x, y, w, h = (float(v) for v in bbox)
-    except (TypeError, ValueError):
+    if not all(_is_number(v) for v in bbox):
         return None
-    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+    x, y, w, h = (float(v) for v in bbox)
+    if w <= 0 or h <= 0:
         return None
     box = (max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height)))
     if box[2] <= box[0] or box[3] <= box[1]:

@@ -38,7 +38,10 @@ def load_rgb(path: str | Path, image_id: int | None = None) -> np.ndarray:
                     scale = 1.0 if float(np.nanmax(arr, initial=0.0)) <= 1.0 else 1.0 / 255.0
                     arr = np.nan_to_num(arr) * (255.0 * scale)
                 else:
-                    arr = arr.astype(np.float64) / 257.0  # 65535 → 255
+                    # 16-bit data (also when Pillow opens it as mode I) maps 65535 → 255;
+                    # wider 32-bit data maps its full range.
+                    top = 65535.0 if float(arr.max(initial=0)) <= 65535 else float(2**31 - 1)
+                    arr = arr.astype(np.float64) * (255.0 / top)
                 arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
                 return np.repeat(arr[..., None], 3, axis=2)
             return np.array(img.convert("RGB"))  # a writable copy, so torch.from_numpy may share it
@@ -118,7 +121,9 @@ class Geometry:
         full = torch.from_numpy(mask_utils.decode(rle))
         h, w = self.resized
         if (h, w) != tuple(full.shape):
-            full = F.interpolate(full[None, None].float(), size=(h, w), mode="nearest")[0, 0]
+            # nearest-exact samples the source pixel under each output pixel's centre; plain
+            # nearest is shifted by half a pixel against the image and polygon masks.
+            full = F.interpolate(full[None, None].float(), size=(h, w), mode="nearest-exact")[0, 0]
         out = full[self.crop_y : self.crop_y + self.out_h, self.crop_x : self.crop_x + self.out_w].bool()
         return (out.flip(-1) if self.flip else out).numpy()
 

@@ -206,7 +206,12 @@ def test_settings_parse_as_lightning_cli_sees_them() -> None:
     parser = ArgumentParser()
     parser.add_class_arguments(LayoutDataModule, "data")
     cfg = parser.parse_args(
-        ["--data.grid.h_bins=8", "--data.grid.w_bins=8", "--data.filters.min_objects=1", "--data.transform.size=32"]
+        [
+            "--data.grid.h_bins=8",
+            "--data.grid.w_bins=8",
+            "--data.filters.min_objects=1",
+            "--data.transform.size=32",
+        ]
     )
     dm = parser.instantiate(cfg).data
     assert dm.hparams.grid == LocationGrid(8, 8) and dm.filters.min_objects == 1
