@@ -7,6 +7,7 @@ coordinates (cheap and exact); RLE masks are decoded at the source size and resi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -92,40 +93,79 @@ class Geometry:
         y = np.clip(y, 0, self.out_h)
         return np.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=1)
 
-    def mask(self, segmentation: Any, box: np.ndarray | None = None) -> np.ndarray:
-        """Output mask ``(out_h, out_w)`` bool of polygons, RLE, or (None) the ``box`` rectangle."""
-        if segmentation is None:
-            out = np.zeros((self.out_h, self.out_w), dtype=bool)
-            (x0, y0, x1, y1) = self.boxes(np.asarray(box))[0]
-            # Pixels whose centre lies inside the box.
-            out[
-                int(np.ceil(y0 - 0.5)) : int(np.ceil(y1 - 0.5)),
-                int(np.ceil(x0 - 0.5)) : int(np.ceil(x1 - 0.5)),
-            ] = True
-            return out
-        if isinstance(segmentation, list):
-            polygons = []
-            for poly in segmentation:
-                xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
-                x = xy[:, 0] * self.scale_x - self.crop_x
-                if self.flip:
-                    x = self.out_w - x
-                polygons.append(
-                    np.stack([x, xy[:, 1] * self.scale_y - self.crop_y], axis=1).reshape(-1).tolist()
-                )
-            rles = mask_utils.frPyObjects(polygons, self.out_h, self.out_w)
-            return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
-        rle = segmentation
-        if isinstance(rle["counts"], list):  # uncompressed RLE
-            rle = mask_utils.frPyObjects(rle, *rle["size"])
-        full = torch.from_numpy(mask_utils.decode(rle))
-        h, w = self.resized
-        if (h, w) != tuple(full.shape):
-            # nearest-exact samples the source pixel under each output pixel's centre; plain
-            # nearest is shifted by half a pixel against the image and polygon masks.
-            full = F.interpolate(full[None, None].float(), size=(h, w), mode="nearest-exact")[0, 0]
-        out = full[self.crop_y : self.crop_y + self.out_h, self.crop_x : self.crop_x + self.out_w].bool()
-        return (out.flip(-1) if self.flip else out).numpy()
+    def mask(
+        self, segmentation: Any, box: np.ndarray | None = None, size: tuple[int, int] | None = None
+    ) -> np.ndarray:
+        """One object's mask; see ``masks``."""
+        boxes = np.zeros((1, 4)) if box is None else np.asarray(box, dtype=np.float64).reshape(1, 4)
+        return self.masks([segmentation], boxes, size)[0]
+
+    def masks(
+        self, segmentations: Sequence[Any], boxes: np.ndarray, size: tuple[int, int] | None = None
+    ) -> np.ndarray:
+        """Output masks ``(N, h, w)`` bool of COCO segmentations; None: the matching box rectangle.
+
+        Args:
+            segmentations: polygons (list of flat coordinate lists), RLE dicts or None, one per object.
+            boxes: source pixel xyxy ``(N, 4)``, used where the segmentation is None.
+            size: mask size ``(h, w)``; default the output image size. A smaller size (the
+                latent's) gives the same masks at lower resolution, much cheaper.
+
+        Polygons are rasterised straight at the mask size from transformed coordinates. RLE
+        masks are decoded together at the source size and sampled at the source pixel under
+        each mask pixel's centre (resize, crop and flip in one gather, as ``nearest-exact``).
+        """
+        mh, mw = size or (self.out_h, self.out_w)
+        fx, fy = mw / self.out_w, mh / self.out_h
+        out = np.zeros((len(segmentations), mh, mw), dtype=bool)
+        polygons, rles = [], []
+        for i, segm in enumerate(segmentations):
+            if segm is None:
+                x0, y0, x1, y1 = self.boxes(boxes[i])[0] * (fx, fy, fx, fy)
+                # Pixels whose centre lies inside the box.
+                out[i, _centre_span(y0, y1), _centre_span(x0, x1)] = True
+            elif isinstance(segm, list):
+                polygons.append(i)
+            else:
+                rles.append(i)
+        if polygons:
+            merged = []
+            for i in polygons:
+                transformed = []
+                for poly in segmentations[i]:
+                    xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+                    x = xy[:, 0] * self.scale_x - self.crop_x
+                    if self.flip:
+                        x = self.out_w - x
+                    y = xy[:, 1] * self.scale_y - self.crop_y
+                    transformed.append(np.stack([x * fx, y * fy], axis=1).reshape(-1).tolist())
+                merged.append(mask_utils.merge(mask_utils.frPyObjects(transformed, mh, mw)))
+            out[polygons] = mask_utils.decode(merged).transpose(2, 0, 1).astype(bool)
+        if rles:
+            encoded = [segmentations[i] for i in rles]
+            encoded = [
+                mask_utils.frPyObjects(r, *r["size"]) if isinstance(r["counts"], list) else r for r in encoded
+            ]
+            # decode gives (H, W, N) in Fortran order: its transpose (N, W, H) is contiguous.
+            full = mask_utils.decode(encoded).T
+            rows = self._source_pixels(mh, fy, self.crop_y, self.scale_y, self.src_h)
+            cols = self._source_pixels(mw, fx, self.crop_x, self.scale_x, self.src_w)
+            if self.flip:
+                cols = cols[::-1]
+            sampled = np.take(np.take(full, cols, axis=1), rows, axis=2)  # (N, mw, mh), 0/1
+            out[rles] = sampled.transpose(0, 2, 1).view(bool)
+        return out
+
+    @staticmethod
+    def _source_pixels(n: int, factor: float, crop: int, scale: float, limit: int) -> np.ndarray:
+        """Source pixel under the centre of each of ``n`` mask pixels along one axis."""
+        centres = (np.arange(n) + 0.5) / factor + crop  # in resized-image pixels
+        return np.clip(np.floor(centres / scale).astype(np.int64), 0, limit - 1)
+
+
+def _centre_span(a: float, b: float) -> slice:
+    """Pixels whose centre lies in ``[a, b)``."""
+    return slice(int(np.ceil(a - 0.5)), int(np.ceil(b - 0.5)))
 
 
 def plan_geometry(

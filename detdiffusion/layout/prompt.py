@@ -64,8 +64,8 @@ class PromptTemplate:
         if not self.separator:
             raise ValueError("PromptTemplate.separator must not be empty (objects could not be told apart)")
 
-    def render_object(self, obj: LayoutObject, grid: LocationGrid) -> str:
-        location = grid.encode_box(obj.box)
+    def render_object(self, obj: LayoutObject, location: str) -> str:
+        """One object as text, ``location`` being its two location tokens."""
         if obj.attribute is Attribute.NONE:
             return self.object_without_attribute.format(name=obj.category, location=location)
         return self.object.format(
@@ -108,7 +108,14 @@ class PromptBuilder:
 
     def object_strings(self, layout: Layout) -> list[str]:
         """Each object of ``layout`` as text, in layout order."""
-        return [self.template.render_object(o, self.grid) for o in layout.objects]
+        if not len(layout):
+            return []
+        # All corners in one grid call: per-object numpy calls cost more than the tokenizer.
+        corners = self.grid.points_to_indices(layout.boxes().reshape(-1, 2)).reshape(-1, 2).tolist()
+        return [
+            self.template.render_object(o, f"<l{a}><l{b}>")
+            for o, (a, b) in zip(layout.objects, corners, strict=True)
+        ]
 
     def build(self, layout: Layout) -> str:
         """The prompt for ``layout``, objects in layout order (deterministic)."""
