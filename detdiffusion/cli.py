@@ -1,4 +1,4 @@
-"""The ``detdiffusion`` command: data commands (``shapes``, ``inspect-data``)."""
+"""The ``detdiffusion`` command: LightningCLI trainer commands and the data commands."""
 
 from __future__ import annotations
 
@@ -108,21 +108,57 @@ def _run_inspect(cfg) -> None:
 
 
 DATA_COMMANDS = {"shapes": (_shapes_parser, _run_shapes), "inspect-data": (_inspect_parser, _run_inspect)}
+TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+
+USAGE = """usage: detdiffusion COMMAND [options]
+
+Trainer commands (LightningCLI; --help on each, --print_config, --config FILE.yaml):
+  fit        train a model            detdiffusion fit --config experiments/shapes/detdiffusion.yaml
+  validate   validation loop
+  test       test loop
+  predict    prediction loop
+
+Data commands:
+  shapes        write the built-in shapes dataset (COCO format)
+  inspect-data  what a dataset holds, prompt token budgets, sample pictures
+"""
+
+
+def lightning_cli(args: list[str]) -> None:
+    """LightningCLI over any LightningModule and LightningDataModule, picked by ``class_path``."""
+    # Imported here: Lightning and diffusers take seconds to import; the data commands need neither.
+    import lightning as L
+    from lightning.pytorch.cli import LightningCLI
+
+    LightningCLI(
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=args,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
 
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``detdiffusion`` and ``python -m detdiffusion``; ``args`` for notebooks and tests."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if args is None else list(args)
-    parser = ArgumentParser(
-        prog="detdiffusion", description="DetDiffusion: layout-to-image data for detection."
-    )
-    commands = parser.add_subcommands()
-    for name, (make, _) in DATA_COMMANDS.items():
-        commands.add_subcommand(name, make(), help=make().description)
-    cfg = parser.instantiate(parser.parse_args(argv))
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    if argv[0] in TRAINER_COMMANDS:
+        lightning_cli(argv)
+        return
+    if argv[0] not in DATA_COMMANDS:
+        raise SystemExit(f"error: unknown command {argv[0]!r}\n\n{USAGE}")
+    make, run = DATA_COMMANDS[argv[0]]
+    parser = make()
+    parser.prog = f"detdiffusion {argv[0]}"
+    cfg = parser.instantiate(parser.parse_args(argv[1:]))
     try:
-        DATA_COMMANDS[cfg.subcommand][1](cfg[cfg.subcommand])
+        run(cfg)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         # A user's data or setting mistake: the message names the file and id; no traceback.
         raise SystemExit(f"error: {e}") from None

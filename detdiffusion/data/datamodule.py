@@ -20,7 +20,7 @@ from detdiffusion.data.shapes import (
     generate_shapes,
     shapes_paths,
 )
-from detdiffusion.layout.encoding import LayoutTokenizer, LongPromptPolicy
+from detdiffusion.layout.encoding import LayoutTokenizer, LongPromptPolicy, OwnsLayoutTokenizer
 from detdiffusion.layout.grid import LocationGrid
 from detdiffusion.layout.prompt import PromptBuilder, PromptTemplate
 from detdiffusion.layout.tokenizer import load_tokenizer
@@ -51,9 +51,11 @@ class LayoutDataModule(L.LightningDataModule):
         val_stuff_annotations: COCO-Stuff JSON merged into the validation split.
         shapes: the built-in dataset used when no annotation paths are given.
         tokenizer: local Stable Diffusion folder or tokenizer folder; None builds SD 1.x's CLIP
-            tokenizer offline from open_clip's BPE vocabulary.
-        grid: location token grid.
-        template: prompt template.
+            tokenizer offline from open_clip's BPE vocabulary. In a Trainer whose model owns a
+            layout tokenizer (``DetDiffusionModule``), the model's tokenizer, grid and template
+            are used instead.
+        grid: location token grid (see ``tokenizer``).
+        template: prompt template (see ``tokenizer``).
         class_names: raw class name → prompt name overrides.
         long_prompts: policy for prompts longer than one 77-token window.
         filters: object and image filters; None: LostGAN's COCO-Stuff setting for COCO files,
@@ -134,7 +136,22 @@ class LayoutDataModule(L.LightningDataModule):
         rank_zero_info(f"{split}: {annotations}\n{coco.report.format()}")
         return coco
 
+    def _adopt_model_vocabulary(self) -> None:
+        """Use the model's layout tokenizer: its text encoder was extended for that grid and template."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if not isinstance(module, OwnsLayoutTokenizer) or module.layout_tokenizer is self.layout_tokenizer:
+            return
+        theirs, ours = module.layout_tokenizer.builder, self.layout_tokenizer.builder
+        if (theirs.grid, theirs.template) != (ours.grid, ours.template):
+            log.warning(
+                "the data's grid/template (%s) differ from the model's (%s): using the model's",
+                ours.grid,
+                theirs.grid,
+            )
+        self.layout_tokenizer = module.layout_tokenizer
+
     def setup(self, stage: str | None = None) -> None:
+        self._adopt_model_vocabulary()
         if self.uses_shapes:
             self.prepare_data()  # a no-op when the cache is there; covers use outside a Trainer
         hp = self.hparams

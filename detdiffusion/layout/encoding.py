@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from transformers import CLIPTokenizer
@@ -219,3 +220,10 @@ class LayoutTokenizer:
         """The text of each window of ``input_ids`` (special tokens removed), for inspection."""
         windows = np.asarray(input_ids).reshape(-1, self.window)
         return [self.tokenizer.decode(w, skip_special_tokens=True) for w in windows]
+
+
+@runtime_checkable
+class OwnsLayoutTokenizer(Protocol):
+    """A model that owns the prompt vocabulary its text encoder was extended for."""
+
+    layout_tokenizer: LayoutTokenizer
