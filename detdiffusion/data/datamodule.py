@@ -104,6 +104,8 @@ class LayoutDataModule(L.LightningDataModule):
             )
         if batch_size < 1:
             raise ValueError(f"--data.batch_size must be >= 1, got {batch_size}")
+        # Kept as objects: under LightningCLI, hparams hold the config (plain dicts), not dataclasses.
+        self.shapes, self.transform = shapes, transform
         self.uses_shapes = train_annotations is None
         self.filters = filters or (SHAPES_FILTERS if self.uses_shapes else FilterConfig())
         self.layout_tokenizer = LayoutTokenizer(
@@ -116,7 +118,7 @@ class LayoutDataModule(L.LightningDataModule):
     def _split_paths(self, split: str) -> tuple[str | Path, str | Path, str | Path | None] | None:
         hp = self.hparams
         if self.uses_shapes:
-            paths = shapes_paths(default_shapes_dir(hp.shapes))[split]
+            paths = shapes_paths(default_shapes_dir(self.shapes))[split]
             return paths.annotations, paths.images, None
         if hp[f"{split}_annotations"] is None:
             return None
@@ -124,7 +126,7 @@ class LayoutDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.uses_shapes:
-            generate_shapes(default_shapes_dir(self.hparams.shapes), self.hparams.shapes)
+            generate_shapes(default_shapes_dir(self.shapes), self.shapes)
 
     def read_split(self, split: str) -> CocoLayouts | None:
         """The split read and filtered (None when it has no paths); logs the filter report."""
@@ -160,7 +162,7 @@ class LayoutDataModule(L.LightningDataModule):
             self.train_dataset = LayoutDataset(
                 coco,
                 self.layout_tokenizer,
-                hp.transform,
+                self.transform,
                 train=True,
                 empty_prompt_prob=hp.empty_prompt_prob,
                 seed=hp.seed,
@@ -170,7 +172,7 @@ class LayoutDataModule(L.LightningDataModule):
             coco = self.read_split("val")
             if coco is not None:
                 self.val_dataset = LayoutDataset(
-                    coco, self.layout_tokenizer, hp.transform, train=False, seed=hp.seed
+                    coco, self.layout_tokenizer, self.transform, train=False, seed=hp.seed
                 )
                 self.categories = self.categories or [coco.categories[c] for c in sorted(coco.categories)]
 

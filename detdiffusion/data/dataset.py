@@ -81,7 +81,8 @@ class EpochSampler(Sampler[tuple[int, int]]):
     """Yields ``(index, epoch)``, so an example's randomness is a function of (seed, epoch, index).
 
     That keeps augmentation and prompt order the same whatever the number of workers. Lightning
-    calls ``set_epoch``; where it cannot (a sampler wrapped for DDP), each pass counts one epoch.
+    calls ``set_epoch`` (also through its DDP sampler wrapper); a loop that does not, gets the
+    next epoch on each pass.
 
     Args:
         size: dataset length.
