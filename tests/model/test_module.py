@@ -86,3 +86,22 @@ def _batch(module: DetDiffusionModule) -> dict:
     )
     dm.setup("fit")
     return next(iter(dm.train_dataloader()))
+
+
+def test_checkpoint_rebuilds_the_configured_head(tmp_path) -> None:
+    main(
+        [
+            "fit",
+            "--config",
+            str(CONF),
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.enable_checkpointing=true",
+            "--trainer.limit_val_batches=0",
+        ]
+    )
+    (ckpt,) = tmp_path.glob("**/*.ckpt")
+    module = DetDiffusionModule.load_from_checkpoint(ckpt)
+    assert isinstance(module.head, InstanceHead) and module.hparams.num_classes == 9  # 5 shapes + 4 stuff
+    saved = torch.load(ckpt, weights_only=False)["state_dict"]
+    assert saved.keys() == module.state_dict().keys()
+    assert all(torch.equal(v, module.state_dict()[k]) for k, v in saved.items())
