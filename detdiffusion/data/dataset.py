@@ -147,6 +147,7 @@ class LayoutDataset(Dataset):
         self.seed = seed
         #: Prompt class name of each category id.
         self.names = {cid: tokenizer.builder.class_name(cat.name) for cid, cat in coco.categories.items()}
+        self.is_stuff = {cid: cat.is_stuff for cid, cat in coco.categories.items()}
         #: Contiguous label of each category id (``labels`` in batches), in id order.
         self.label_of = {cid: i for i, cid in enumerate(sorted(coco.categories))}
         self.empty_ids = tokenizer.encode_text("")
@@ -186,14 +187,13 @@ class LayoutDataset(Dataset):
         if self.train:
             order = rng.permutation(order)
         size = np.asarray([t.size] * 4, dtype=np.float64)
-        stuff = {cid: cat.is_stuff for cid, cat in self.coco.categories.items()}
         objects = [
             LayoutObject(
                 self.names[anns[i].category_id],
                 tuple(boxes[i] / size),
                 anns[i].attribute,
                 anns[i].category_id,
-                stuff[anns[i].category_id],
+                self.is_stuff[anns[i].category_id],
                 annotation_id=anns[i].id,
             )
             for i in order
@@ -221,7 +221,7 @@ class LayoutDataset(Dataset):
             "attributes": torch.as_tensor(
                 [ATTRIBUTE_CODES[objects[j].attribute] for j in encoded.kept], dtype=torch.long
             ),
-            "is_stuff": torch.as_tensor([stuff[anns[i].category_id] for i in keep], dtype=torch.bool),
+            "is_stuff": torch.as_tensor([self.is_stuff[anns[i].category_id] for i in keep], dtype=torch.bool),
             "masks": torch.from_numpy(masks),
             "mask_is_box": torch.as_tensor([anns[i].segmentation is None for i in keep], dtype=torch.bool),
             "image_id": record.id,
