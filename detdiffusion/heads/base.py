@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -107,6 +108,20 @@ class PerceptionHead(nn.Module, ABC):
     def __init__(self) -> None:
         super().__init__()
         self._sizes: tuple[tuple[int, ...], int, int] | None = None
+
+    def init_args(self) -> dict[str, object]:
+        """The constructor's arguments, read back from attributes of the same names.
+
+        With the class path they rebuild the head (a ``save_pretrained`` folder records both).
+        """
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
+        missing = [n for n in names if not hasattr(self, n)]
+        if missing:
+            raise TypeError(
+                f"{type(self).__name__} must keep its constructor arguments as attributes to be "
+                f"exported; missing: {', '.join(missing)}"
+            )
+        return {n: getattr(self, n) for n in names}
 
     @property
     def built(self) -> bool:

@@ -147,7 +147,8 @@ def extend_text_encoder(
         raise ValueError(f"text encoder has {old_size} token rows, more than the tokenizer's {new_size}")
     if new_size == old_size:
         return
-    text_encoder.resize_token_embeddings(new_size)
+    # Every new row is set below, so skip transformers' mean-and-covariance initialisation.
+    text_encoder.resize_token_embeddings(new_size, mean_resizing=False)
     weight = text_encoder.get_input_embeddings().weight
     location_ids, attribute_ids = layout_token_ids(tokenizer, grid)
     with torch.no_grad():

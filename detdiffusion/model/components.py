@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,18 @@ from detdiffusion.layout.grid import LocationGrid
 from detdiffusion.layout.tokenizer import add_layout_tokens, extend_text_encoder, load_tokenizer
 
 log = logging.getLogger(__name__)
+
+
+# Stable Diffusion 1.x's scheduler_config.json (the parts a DDPMScheduler reads). Latents are not
+# bounded, so no clipping; StableDiffusionPipeline insists on steps_offset 1.
+SD_SCHEDULER = {
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "num_train_timesteps": 1000,
+    "clip_sample": False,
+    "steps_offset": 1,
+}
 
 
 @dataclass
@@ -45,7 +58,8 @@ def load_components(
         vae: ``AutoencoderKL`` config, when no folder is given; None: pixel-space diffusion (no
             VAE; a randomly initialised frozen VAE would make latents nothing can decode).
         text_encoder: ``CLIPTextConfig`` fields, when no folder is given.
-        scheduler: ``DDPMScheduler`` config (the training noise schedule), when no folder is given.
+        scheduler: ``DDPMScheduler`` config (the training noise schedule), when no folder is given;
+            None: Stable Diffusion's schedule with a VAE, DDPM's defaults in pixel space.
         tokenizer: tokenizer folder when no folder is given; None builds SD 1.x's CLIP
             tokenizer offline (open_clip's BPE).
     """
@@ -59,9 +73,9 @@ def load_components(
                 "(or drop the path to build the parts from configs)"
             )
         path = Path(pretrained_model_name_or_path).expanduser()
-        missing = [
-            p for p in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (path / p).is_dir()
-        ]
+        pixel_space = _is_pixel_space_export(path)
+        parts = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+        missing = [p for p in parts if not (path / p).is_dir() and not (p == "vae" and pixel_space)]
         if missing:
             raise FileNotFoundError(
                 f"{path} is not a local diffusers Stable Diffusion folder: it lacks {', '.join(missing)}/"
@@ -69,7 +83,7 @@ def load_components(
         kwargs = {"local_files_only": True}
         return DiffusionComponents(
             unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kwargs),
-            vae=AutoencoderKL.from_pretrained(path, subfolder="vae", **kwargs),
+            vae=None if pixel_space else AutoencoderKL.from_pretrained(path, subfolder="vae", **kwargs),
             text_encoder=CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kwargs),
             tokenizer=load_tokenizer(path),
             scheduler=DDPMScheduler.from_pretrained(path, subfolder="scheduler", **kwargs),
@@ -85,8 +99,14 @@ def load_components(
         vae=None if vae is None else AutoencoderKL(**vae),
         text_encoder=CLIPTextModel(CLIPTextConfig(**text_encoder)),
         tokenizer=load_tokenizer(tokenizer),
-        scheduler=DDPMScheduler(**(scheduler or {})),
+        scheduler=DDPMScheduler(**(scheduler or (SD_SCHEDULER if vae is not None else {}))),
     )
+
+
+def _is_pixel_space_export(path: Path) -> bool:
+    """Whether ``path`` is a ``save_pretrained`` export of a pixel-space model (it has no ``vae/``)."""
+    settings = path / "detdiffusion.json"
+    return settings.is_file() and bool(json.loads(settings.read_text()).get("pixel_space"))
 
 
 def extend_for_layouts(components: DiffusionComponents, grid: LocationGrid) -> None:

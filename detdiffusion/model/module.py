@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import math
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
+from diffusers import SchedulerMixin
 from lightning.pytorch.cli import OptimizerCallable
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -15,9 +21,12 @@ from detdiffusion.heads import HeadInputs, PerceptionHead
 from detdiffusion.layout.encoding import LayoutTokenizer
 from detdiffusion.layout.grid import LocationGrid
 from detdiffusion.layout.prompt import PromptBuilder, PromptTemplate
-from detdiffusion.layout.types import LongPromptPolicy
+from detdiffusion.layout.types import Layout, LongPromptPolicy
 from detdiffusion.losses import diffusion_target, foreground_weight, ldm_loss, perception_loss
+from detdiffusion.model import export
 from detdiffusion.model.components import extend_for_layouts, load_components
+from detdiffusion.model.ema import ema_decay, update_ema
+from detdiffusion.model.sampling import denoise, make_scheduler
 from detdiffusion.model.taps import UpBlockTaps
 
 log = logging.getLogger(__name__)
@@ -42,7 +51,8 @@ class DetDiffusionModule(L.LightningModule):
         template: prompt template.
         long_prompts: policy for prompts longer than one 77-token window.
         head: perception head (None: plain layout-to-image fine-tuning, no P.A. loss).
-        num_classes: classes of the semantic head; None: the datamodule's, at setup.
+        num_classes: classes of the perception head; None: the datamodule's, at setup.
+        class_names: dataset class names in label order; None: the datamodule's, at setup.
         pa_weight: λ, weight of the P.A. loss.
         pa_timestep_weight: weight the P.A. loss by ``sqrt(ᾱ_t)`` (the paper; off: ablation).
         pa_dice: add the dice term to the P.A. loss (the paper; off: ablation).
@@ -57,6 +67,10 @@ class DetDiffusionModule(L.LightningModule):
         warmup_steps: linear warm-up steps.
         lr_schedule: after warm-up, ``cosine`` to zero over the run or ``constant``.
         gradient_checkpointing: trade compute for memory in the UNet and text encoder.
+        ema_decay: keep an exponential moving average of the UNet with this decay (None: off);
+            samples and exports use it.
+        compile: ``torch.compile`` the UNet's resnet and transformer blocks one by one
+            (regional: fast to compile, and the decoder feature hooks stay outside the graphs).
     """
 
     def __init__(
@@ -72,6 +86,7 @@ class DetDiffusionModule(L.LightningModule):
         long_prompts: LongPromptPolicy = "long",
         head: PerceptionHead | None = None,
         num_classes: int | None = None,
+        class_names: list[str] | None = None,
         pa_weight: float = 0.01,
         pa_timestep_weight: bool = True,
         pa_dice: bool = True,
@@ -86,13 +101,25 @@ class DetDiffusionModule(L.LightningModule):
         warmup_steps: int = 0,
         lr_schedule: Literal["cosine", "constant"] = "cosine",
         gradient_checkpointing: bool = False,
+        ema_decay: float | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         # Under LightningCLI the head and optimizer are saved as their class_path configs, so
         # load_from_checkpoint rebuilds the configured head.
         self.save_hyperparameters()
+        grid, template, head, optimizer = export.coerce_hparams(grid, template, head, optimizer)
         if pa_weight < 0:
             raise ValueError(f"--model.pa_weight must be >= 0, got {pa_weight}")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"--model.ema_decay must be in (0, 1) or null, got {ema_decay}")
+        if class_names is not None:
+            if num_classes is not None and num_classes != len(class_names):
+                raise ValueError(
+                    f"--model.num_classes is {num_classes} but --model.class_names has "
+                    f"{len(class_names)} names"
+                )
+            self.hparams.num_classes = num_classes = len(class_names)
         parts = load_components(
             pretrained_model_name_or_path, unet, vae, text_encoder, noise_scheduler, tokenizer
         )
@@ -111,6 +138,14 @@ class DetDiffusionModule(L.LightningModule):
         self.register_buffer(
             "alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone().float(), persistent=False
         )
+        # Copied before the taps hook the UNet, so the average carries no hooks.
+        self.ema_unet = None
+        if ema_decay is not None:
+            self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False).eval()
+        if compile:
+            for block in [*self.unet.down_blocks, self.unet.mid_block, *self.unet.up_blocks]:
+                for part in [*block.resnets, *getattr(block, "attentions", [])]:
+                    part.compile()
         self.head = head
         self.taps = UpBlockTaps(self.unet) if head is not None else None
         self.optimizer_factory = optimizer
@@ -124,16 +159,19 @@ class DetDiffusionModule(L.LightningModule):
         self.head.build(self.taps.channels, self.text_encoder.config.hidden_size, num_classes)
 
     def setup(self, stage: str) -> None:
+        categories = getattr(self.trainer.datamodule, "categories", None)
+        if self.hparams.class_names is None and categories:
+            self.hparams.class_names = [c.name for c in categories]
         if self.head is not None and self.hparams.num_classes is None:
-            categories = getattr(self.trainer.datamodule, "categories", None)
             if not categories:
                 raise ValueError("--model.num_classes is unset and the datamodule has no categories to count")
             self._build_head(len(categories))
 
     def train(self, mode: bool = True) -> DetDiffusionModule:
         super().train(mode)
-        if self.vae is not None:
-            self.vae.eval()
+        for frozen in (self.vae, self.ema_unet):
+            if frozen is not None:
+                frozen.eval()
         return self
 
     # -- the recipe -----------------------------------------------------------------------------
@@ -230,6 +268,131 @@ class DetDiffusionModule(L.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
+
+    # -- sampling -------------------------------------------------------------------------------
+
+    def prompt_ids(self, prompts: Sequence[Layout | str]) -> torch.Tensor:
+        """``(B, W·77)`` token ids of layouts (encoded in dataset order) or free-text prompts.
+
+        Prompts of fewer windows are padded with empty-prompt windows, as in training batches.
+        """
+        tok = self.layout_tokenizer
+        ids = [tok.encode(p).input_ids if isinstance(p, Layout) else tok.encode_text(p) for p in prompts]
+        windows = max(len(i) for i in ids) // tok.window
+        out = torch.from_numpy(np.tile(tok.empty_window, (len(ids), windows)))
+        for row, i in zip(out, ids, strict=True):
+            row[: len(i)] = torch.from_numpy(i)
+        return out.to(self.device)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts: Sequence[Layout | str] | torch.Tensor,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 5.0,
+        scheduler: str | SchedulerMixin | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        use_ema: bool = True,
+    ) -> torch.Tensor:
+        """Images ``(B, 3, H, W)`` in [0, 1] generated for layouts, text, or token ids.
+
+        Args:
+            prompts: layouts, free-text prompts, or ``(B, W·77)`` token ids (a batch's ``input_ids``).
+            num_inference_steps: denoising steps.
+            guidance_scale: classifier-free guidance scale against the empty prompt (<= 1: none).
+            scheduler: diffusers scheduler class name or instance (None: DDIM), set up with the
+                training noise schedule.
+            generator: one generator, or one per image.
+            height: image height in pixels (None: the UNet's sample size).
+            width: image width in pixels (None: the UNet's sample size).
+            use_ema: denoise with the EMA UNet where there is one.
+        """
+        ids = prompts.to(self.device) if isinstance(prompts, torch.Tensor) else self.prompt_ids(prompts)
+        window = self.layout_tokenizer.window
+        empty = torch.from_numpy(self.layout_tokenizer.empty_window).to(ids)
+        cond = self.encode_prompts(ids)
+        uncond = self.encode_prompts(empty.repeat(ids.shape[0], ids.shape[1] // window))
+        scale = 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
+        size = self.unet.config.sample_size
+        h, w = (height or size * scale) // scale, (width or size * scale) // scale
+        unet = self.ema_unet if use_ema and self.ema_unet is not None else self.unet
+        dtype = next(unet.parameters()).dtype
+        with self.taps.paused() if self.taps is not None else contextlib.nullcontext():
+            latents = denoise(
+                lambda x, t, text: unet(x, t, text).sample,
+                make_scheduler(scheduler, self.noise_scheduler.config),
+                cond.to(dtype),
+                uncond.to(dtype),
+                (ids.shape[0], self.unet.config.in_channels, h, w),
+                num_inference_steps,
+                guidance_scale,
+                generator,
+            )
+        if self.vae is not None:
+            latents = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        return (latents.float() / 2 + 0.5).clamp(0, 1)
+
+    # -- EMA, checkpoints, export ---------------------------------------------------------------
+
+    def on_before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
+        # Once per optimizer step (after it, before the next backward): right under accumulation.
+        if self.ema_unet is not None:
+            update_ema(self.ema_unet, self.unet, ema_decay(self.global_step, self.hparams.ema_decay))
+
+    def _vocabulary(self) -> dict[str, Any]:
+        grid = self.layout_tokenizer.builder.grid
+        tokenizer = self.layout_tokenizer.tokenizer
+        return {
+            "grid": [grid.h_bins, grid.w_bins],
+            "vocab_size": len(tokenizer),
+            "first_location_token_id": tokenizer.convert_tokens_to_ids(grid.tokens[0]),
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["detdiffusion_vocabulary"] = self._vocabulary()
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"] = export.plain_hparams(checkpoint["hyper_parameters"])
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Runs before the state dict is loaded, so a mismatch is named here rather than as a
+        # size error on the embedding matrix.
+        saved, here = checkpoint.get("detdiffusion_vocabulary"), self._vocabulary()
+        if saved is not None and saved != here:
+
+            def describe(v: dict[str, Any]) -> str:
+                return (
+                    f"grid {v['grid'][0]}x{v['grid'][1]}, {v['vocab_size']} tokens, "
+                    f"first location token id {v['first_location_token_id']}"
+                )
+
+            raise ValueError(
+                "the checkpoint's layout vocabulary does not match this model's: checkpoint "
+                f"{describe(saved)}; model {describe(here)}. Use the grid and tokenizer the "
+                "checkpoint was trained with."
+            )
+        state = checkpoint["state_dict"]
+        has_ema = any(k.startswith("ema_unet.") for k in state)
+        if self.ema_unet is not None and not has_ema:
+            log.info("checkpoint has no EMA UNet: starting the average from its UNet weights")
+            state.update({"ema_" + k: v for k, v in list(state.items()) if k.startswith("unet.")})
+        elif self.ema_unet is None and has_ema:
+            log.info("ema_decay is off: dropping the checkpoint's EMA UNet")
+            for k in [k for k in state if k.startswith("ema_unet.")]:
+                del state[k]
+
+    def save_pretrained(self, path: str | Path, ema: bool = True) -> Path:
+        """Export a diffusers ``StableDiffusionPipeline`` folder plus the head and layout settings.
+
+        See ``detdiffusion.model.export``; ``from_pretrained`` reads it back.
+        """
+        return export.save_pretrained(self, path, ema)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **overrides: Any) -> DetDiffusionModule:
+        """The module a ``save_pretrained`` folder holds; keyword arguments override its settings."""
+        return export.from_pretrained(cls, path, **overrides)
 
     # -- optimisation ---------------------------------------------------------------------------
 

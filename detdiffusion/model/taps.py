@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -20,11 +21,13 @@ class UpBlockTaps:
     def __init__(self, unet: UNet2DConditionModel) -> None:
         self.blocks: Sequence[nn.Module] = unet.up_blocks
         self._features: dict[int, torch.Tensor] = {}
+        self._paused = False
         self._handles = [block.register_forward_hook(self._keeper(i)) for i, block in enumerate(self.blocks)]
 
     def _keeper(self, index: int):
         def keep(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            self._features[index] = output
+            if not self._paused:
+                self._features[index] = output
 
         return keep
 
@@ -44,6 +47,15 @@ class UpBlockTaps:
         features = [self._features[i] for i in range(len(self.blocks))]
         self._features.clear()
         return features
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Keep nothing inside the block (sampling: no head reads the features)."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
 
     def clear(self) -> None:
         self._features.clear()

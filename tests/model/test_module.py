@@ -1,24 +1,10 @@
-from pathlib import Path
-
 import pytest
 import torch
 
 from detdiffusion.cli import main
 from detdiffusion.heads import InstanceHead
 from detdiffusion.model.module import DetDiffusionModule
-
-CONF = Path(__file__).parents[1] / "conf" / "detdiffusion.yaml"
-
-
-def _tiny_module(**kwargs) -> DetDiffusionModule:
-    import yaml
-
-    from detdiffusion.layout.grid import LocationGrid
-
-    init = yaml.safe_load(CONF.read_text())["model"]["init_args"]
-    init.pop("head")
-    init["grid"] = LocationGrid(**init["grid"])
-    return DetDiffusionModule(**{**init, **kwargs})
+from tests.model.tiny import CONF, tiny_batch, tiny_module
 
 
 def test_fit_through_the_cli(tmp_path) -> None:
@@ -36,9 +22,9 @@ def test_fit_through_the_cli(tmp_path) -> None:
 
 
 def test_training_step_logs_both_losses_and_trains_the_head() -> None:
-    module = _tiny_module(head=InstanceHead(dim=16), num_classes=9)
+    module = tiny_module(head=InstanceHead(dim=16), num_classes=9)
     assert module.vae.training is False and not any(p.requires_grad for p in module.vae.parameters())
-    batch = _batch(module)
+    batch = tiny_batch(module)
     losses = module._losses(batch)
     assert set(losses) >= {"loss", "loss_ldm", "loss_pa"}
     torch.testing.assert_close(losses["loss"], losses["loss_ldm"] + 0.01 * losses["loss_pa"])
@@ -49,7 +35,7 @@ def test_training_step_logs_both_losses_and_trains_the_head() -> None:
 
 
 def test_text_encoder_is_extended_for_the_grid() -> None:
-    module = _tiny_module()
+    module = tiny_module()
     rows = module.text_encoder.get_input_embeddings().weight.shape[0]
     assert rows == len(module.layout_tokenizer.tokenizer) == 49408 + 64 + 3
     ids = torch.from_numpy(module.layout_tokenizer.encode_text("")).repeat(2, 2)  # two windows each
@@ -57,7 +43,7 @@ def test_text_encoder_is_extended_for_the_grid() -> None:
 
 
 def test_nan_loss_names_the_term_and_step() -> None:
-    module = _tiny_module()
+    module = tiny_module()
     losses = {"loss_ldm": torch.tensor(float("nan")), "timesteps": torch.tensor([3, 999])}
     with pytest.raises(
         FloatingPointError, match=r"train/loss_ldm is nan at global step 0 \(timesteps \[3, 999\]\)"
@@ -70,22 +56,6 @@ def test_config_mistakes_name_the_flag(tmp_path) -> None:
         DetDiffusionModule(unet={"sample_size": 8})
     with pytest.raises(FileNotFoundError, match="lacks unet, vae"):
         DetDiffusionModule(pretrained_model_name_or_path=str(tmp_path))
-
-
-def _batch(module: DetDiffusionModule) -> dict:
-    from detdiffusion.data.datamodule import LayoutDataModule
-    from detdiffusion.data.dataset import TransformConfig
-    from detdiffusion.data.shapes import ShapesConfig
-
-    dm = LayoutDataModule(
-        shapes=ShapesConfig(num_train=8, num_val=2, size=32),
-        transform=TransformConfig(size=32),
-        batch_size=4,
-        num_workers=0,
-        grid=module.layout_tokenizer.builder.grid,
-    )
-    dm.setup("fit")
-    return next(iter(dm.train_dataloader()))
 
 
 def test_checkpoint_rebuilds_the_configured_head(tmp_path) -> None:
