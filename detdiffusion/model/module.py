@@ -36,8 +36,15 @@ class DetDiffusionModule(L.LightningModule):
     """DetDiffusion: latent diffusion on layout prompts, plus a perception head on the UNet decoder.
 
     The loss is ``L_LDM + λ·L_p`` with ``L_p = sqrt(ᾱ_t)·(BCE + dice)`` on the head's masks
-    (DESIGN.md §1). The model owns the prompt vocabulary (grid, template, tokenizer): a
-    ``LayoutDataModule`` in the same Trainer uses this model's ``layout_tokenizer``.
+    (DESIGN.md §1). Samples without objects in their prompt train the LDM loss only: a layout
+    with no objects (counted as ``train/empty_layouts``) has no masks, and an empty-prompt sample
+    (classifier-free guidance dropout, counted as ``train/empty_prompts``) gives the instance
+    head no object tokens to query; the semantic head still supervises the image's classes,
+    which it reads from the UNet features, not the prompt. ``L_p`` is the mean over samples
+    with at least one mask, and 0 for a batch with none.
+
+    The model owns the prompt vocabulary (grid, template, tokenizer): a ``LayoutDataModule``
+    in the same Trainer uses this model's ``layout_tokenizer``.
 
     Args:
         pretrained_model_name_or_path: local diffusers Stable Diffusion folder; or give the
@@ -69,8 +76,8 @@ class DetDiffusionModule(L.LightningModule):
         gradient_checkpointing: trade compute for memory in the UNet and text encoder.
         ema_decay: keep an exponential moving average of the UNet with this decay (None: off);
             samples and exports use it.
-        compile: ``torch.compile`` the UNet's resnet and transformer blocks one by one
-            (regional: fast to compile, and the decoder feature hooks stay outside the graphs).
+        compile: ``torch.compile`` the UNet's transformer blocks one by one (diffusers' regional
+            compilation: fast to compile, and the decoder feature hooks stay outside the graphs).
     """
 
     def __init__(
@@ -143,9 +150,8 @@ class DetDiffusionModule(L.LightningModule):
         if ema_decay is not None:
             self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False).eval()
         if compile:
-            for block in [*self.unet.down_blocks, self.unet.mid_block, *self.unet.up_blocks]:
-                for part in [*block.resnets, *getattr(block, "attentions", [])]:
-                    part.compile()
+            # Regional: diffusers compiles each transformer block; the up-block hooks stay eager.
+            self.unet.compile_repeated_blocks()
         self.head = head
         self.taps = UpBlockTaps(self.unet) if head is not None else None
         self.optimizer_factory = optimizer
@@ -248,12 +254,11 @@ class DetDiffusionModule(L.LightningModule):
             if name in losses:
                 self.log(f"train/{name}", losses[name], prog_bar=name == "loss", batch_size=b)
         self.log("train/objects_per_image", batch["object_mask"].sum(1).float().mean(), batch_size=b)
-        self.log(
-            "train/empty_layouts",
-            (batch["object_mask"].sum(1) == 0).sum().float(),
-            reduce_fx="sum",
-            batch_size=b,
-        )
+        for name, count in (
+            ("empty_layouts", (batch["object_mask"].sum(1) == 0).sum()),
+            ("empty_prompts", batch["prompt_dropped"].sum()),
+        ):
+            self.log(f"train/{name}", count.float(), reduce_fx="sum", batch_size=b)
         return losses["loss"]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

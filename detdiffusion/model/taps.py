@@ -14,7 +14,7 @@ class UpBlockTaps:
     """Forward hooks that keep each UNet up-block's output of the last forward pass.
 
     Hooks run outside any graph compiled per block (``DetDiffusionModule(compile=True)``
-    compiles the blocks one by one for that reason). Compiling the whole UNet instead hides
+    compiles only the transformer blocks for that reason). Compiling the whole UNet instead hides
     the hooks from the compiled graph, and ``pop`` then says so.
     """
 
@@ -42,7 +42,8 @@ class UpBlockTaps:
             self._features.clear()
             raise RuntimeError(
                 "the UNet's decoder features were not captured: a torch.compile of the whole UNet hides "
-                "forward hooks; use DetDiffusionModule(compile=True), which compiles block by block"
+                "forward hooks; use DetDiffusionModule(compile=True), which compiles the transformer "
+                "blocks only"
             )
         features = [self._features[i] for i in range(len(self.blocks))]
         self._features.clear()

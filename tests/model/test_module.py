@@ -75,3 +75,39 @@ def test_checkpoint_rebuilds_the_configured_head(tmp_path) -> None:
     saved = torch.load(ckpt, weights_only=False)["state_dict"]
     assert saved.keys() == module.state_dict().keys()
     assert all(torch.equal(v, module.state_dict()[k]) for k, v in saved.items())
+
+
+@pytest.mark.slow
+def test_regional_compile_gives_the_same_losses() -> None:
+    eager = tiny_module(head=InstanceHead(dim=8), num_classes=9)
+    compiled = tiny_module(head=InstanceHead(dim=8), num_classes=9, compile=True)
+    compiled.load_state_dict(eager.state_dict())
+    batch = tiny_batch(eager)
+    losses = []
+    for module in (eager, compiled):
+        torch.manual_seed(0)
+        out = module._losses(batch)
+        out["loss"].backward()
+        losses.append(out)
+    for name in ("loss_ldm", "loss_pa"):
+        torch.testing.assert_close(losses[0][name], losses[1][name], rtol=1e-4, atol=1e-5)
+    grads = [m.unet.conv_in.weight.grad for m in (eager, compiled)]
+    torch.testing.assert_close(*grads, rtol=1e-3, atol=1e-5)
+
+
+def test_a_batch_without_objects_trains_the_ldm_loss_alone() -> None:
+    module = tiny_module(head=InstanceHead(dim=8), num_classes=9)
+    batch = tiny_batch(module)
+    empty = torch.from_numpy(module.layout_tokenizer.empty_window)
+    batch.update(
+        input_ids=empty.repeat(4, 1),
+        object_index=torch.full((4, 77), -1),
+        labels=batch["labels"][:, :0],
+        boxes=batch["boxes"][:, :0],
+        object_mask=batch["object_mask"][:, :0],
+        masks=batch["masks"][:, :0],
+    )
+    losses = module._losses(batch)
+    assert losses["loss_pa"] == 0 and torch.equal(losses["loss"], losses["loss_ldm"])
+    losses["loss"].backward()
+    assert module.unet.conv_in.weight.grad.abs().sum() > 0
