@@ -124,8 +124,11 @@ Data commands:
 """
 
 
-def lightning_cli(args: list[str]) -> None:
-    """LightningCLI over any LightningModule and LightningDataModule, picked by ``class_path``."""
+def lightning_cli(args: list[str] | None = None) -> None:
+    """LightningCLI over any LightningModule and LightningDataModule, picked by ``class_path``.
+
+    ``args`` None reads ``sys.argv`` (LightningCLI warns when given both ``args`` and a command line).
+    """
     # Imported here: Lightning and diffusers take seconds to import; the data commands need neither.
     import lightning as L
     from lightning.pytorch.cli import LightningCLI
@@ -149,7 +152,7 @@ def main(args: list[str] | None = None) -> None:
         print(USAGE)
         return
     if argv[0] in TRAINER_COMMANDS:
-        lightning_cli(argv)
+        lightning_cli(None if args is None else argv)
         return
     if argv[0] not in DATA_COMMANDS:
         raise SystemExit(f"error: unknown command {argv[0]!r}\n\n{USAGE}")

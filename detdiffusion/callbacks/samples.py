@@ -130,7 +130,7 @@ class SampleGridCallback(L.Callback):
         finally:
             pl_module.train(was_training)
         real = (batch["pixel_values"].float() / 2 + 0.5).clamp(0, 1)
-        names = pl_module.hparams.get("class_names") or []
+        names = pl_module.hparams.get("categories") or []
         tiles = []
         for i, image in enumerate(torch.cat([real, images.cpu()])):
             layout = self._layout(i % n, names, image.shape[-1], image.shape[-2])

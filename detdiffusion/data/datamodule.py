@@ -150,7 +150,18 @@ class LayoutDataModule(L.LightningDataModule):
                 ours.grid,
                 theirs.grid,
             )
+        if ours.class_names and ours.class_names != theirs.class_names:
+            log.warning(
+                "--data.class_names %s differ from --model.class_names %s: using the model's",
+                ours.class_names,
+                theirs.class_names,
+            )
         self.layout_tokenizer = module.layout_tokenizer
+        # Record the model's vocabulary settings as the data's: they are what the data now uses, and
+        # a logger refuses hparams that differ between model and data ("keys ['grid'] ... different").
+        theirs_hp = module.hparams_initial
+        keys = ("tokenizer", "grid", "template", "class_names", "long_prompts")
+        self.save_hyperparameters({**self.hparams, **{k: theirs_hp[k] for k in keys if k in theirs_hp}})
 
     def setup(self, stage: str | None = None) -> None:
         self._adopt_model_vocabulary()

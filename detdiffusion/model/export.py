@@ -38,7 +38,16 @@ HEAD_FILE = "head.safetensors"
 FORMAT_VERSION = 1
 # Where the weights and vocabulary come from: the folder itself, on the way back.
 _SOURCES = ("pretrained_model_name_or_path", "unet", "vae", "text_encoder", "noise_scheduler", "tokenizer")
-_STRUCTURED = ("grid", "template", "head", "optimizer", "long_prompts", "num_classes", "class_names")
+_STRUCTURED = (
+    "grid",
+    "template",
+    "head",
+    "optimizer",
+    "long_prompts",
+    "num_classes",
+    "categories",
+    "class_names",
+)
 
 
 def head_spec(head: PerceptionHead) -> dict[str, Any]:
@@ -181,7 +190,7 @@ def export_settings(module: DetDiffusionModule, ema: bool) -> dict[str, Any]:
         "long_prompts": module.layout_tokenizer.policy,
         "head": None if module.head is None else head_spec(module.head),
         "num_classes": module.hparams.num_classes,
-        "class_names": module.hparams.class_names,
+        "categories": module.hparams.categories,
         "hparams": plain,
     }
 
@@ -211,7 +220,8 @@ def from_pretrained(cls: type[DetDiffusionModule], path: str | Path, **overrides
         long_prompts=settings["long_prompts"],
         head=None if settings["head"] is None else build_head(settings["head"]),
         num_classes=settings["num_classes"],
-        class_names=settings["class_names"],
+        class_names=settings["prompt_class_names"] or None,
+        categories=settings["categories"],
     )
     kwargs.update(overrides)
     module = cls(pretrained_model_name_or_path=str(path), **kwargs)

@@ -6,6 +6,7 @@ import contextlib
 import copy
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -58,8 +59,10 @@ class DetDiffusionModule(L.LightningModule):
         template: prompt template.
         long_prompts: policy for prompts longer than one 77-token window.
         head: perception head (None: plain layout-to-image fine-tuning, no P.A. loss).
+        class_names: prompt names of dataset classes, ``{raw: prompt name}`` overrides of
+            ``normalize_class_name`` (as ``LayoutDataModule``'s; the model's win).
         num_classes: classes of the perception head; None: the datamodule's, at setup.
-        class_names: dataset class names in label order; None: the datamodule's, at setup.
+        categories: dataset class names in label order; None: the datamodule's, at setup.
         pa_weight: λ, weight of the P.A. loss.
         pa_timestep_weight: weight the P.A. loss by ``sqrt(ᾱ_t)`` (the paper; off: ablation).
         pa_dice: add the dice term to the P.A. loss (the paper; off: ablation).
@@ -92,8 +95,9 @@ class DetDiffusionModule(L.LightningModule):
         template: PromptTemplate = PromptTemplate(),
         long_prompts: LongPromptPolicy = "long",
         head: PerceptionHead | None = None,
+        class_names: dict[str, str] | None = None,
         num_classes: int | None = None,
-        class_names: list[str] | None = None,
+        categories: list[str] | None = None,
         pa_weight: float = 0.01,
         pa_timestep_weight: bool = True,
         pa_dice: bool = True,
@@ -114,26 +118,30 @@ class DetDiffusionModule(L.LightningModule):
         super().__init__()
         # Under LightningCLI the head and optimizer are saved as their class_path configs, so
         # load_from_checkpoint rebuilds the configured head.
-        self.save_hyperparameters()
+        with warnings.catch_warnings():
+            # A head built in Python is saved as its class path and arguments (on_save_checkpoint).
+            warnings.filterwarnings("ignore", message="Attribute 'head' is an instance of `nn.Module`")
+            self.save_hyperparameters()
         grid, template, head, optimizer = export.coerce_hparams(grid, template, head, optimizer)
         if pa_weight < 0:
             raise ValueError(f"--model.pa_weight must be >= 0, got {pa_weight}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"--model.ema_decay must be in (0, 1) or null, got {ema_decay}")
-        if class_names is not None:
-            if num_classes is not None and num_classes != len(class_names):
+        if categories is not None:
+            if num_classes is not None and num_classes != len(categories):
                 raise ValueError(
-                    f"--model.num_classes is {num_classes} but --model.class_names has "
-                    f"{len(class_names)} names"
+                    f"--model.num_classes is {num_classes} but --model.categories has {len(categories)} names"
                 )
-            self.hparams.num_classes = num_classes = len(class_names)
+            self.hparams.num_classes = num_classes = len(categories)
         parts = load_components(
             pretrained_model_name_or_path, unet, vae, text_encoder, noise_scheduler, tokenizer
         )
         extend_for_layouts(parts, grid)
         self.unet, self.vae, self.text_encoder = parts.unet, parts.vae, parts.text_encoder
         self.noise_scheduler = parts.scheduler
-        self.layout_tokenizer = LayoutTokenizer(parts.tokenizer, PromptBuilder(grid, template), long_prompts)
+        self.layout_tokenizer = LayoutTokenizer(
+            parts.tokenizer, PromptBuilder(grid, template, class_names), long_prompts
+        )
         # Frozen once and kept in eval (train() below never flips it back).
         if self.vae is not None:
             self.vae.requires_grad_(False).eval()
@@ -157,6 +165,8 @@ class DetDiffusionModule(L.LightningModule):
         self.optimizer_factory = optimizer
         if head is not None and num_classes is not None:
             self._build_head(num_classes)
+        # diffusers/transformers load in eval mode; train() keeps the VAE and EMA in eval.
+        self.train()
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -166,8 +176,8 @@ class DetDiffusionModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         categories = getattr(self.trainer.datamodule, "categories", None)
-        if self.hparams.class_names is None and categories:
-            self.hparams.class_names = [c.name for c in categories]
+        if self.hparams.categories is None and categories:
+            self.hparams.categories = [c.name for c in categories]
         if self.head is not None and self.hparams.num_classes is None:
             if not categories:
                 raise ValueError("--model.num_classes is unset and the datamodule has no categories to count")
@@ -239,8 +249,12 @@ class DetDiffusionModule(L.LightningModule):
         return losses
 
     def _check_finite(self, losses: dict[str, torch.Tensor], stage: str) -> None:
-        for name in ("loss_ldm", "loss_pa"):
-            if name in losses and not torch.isfinite(losses[name]):
+        terms = [name for name in ("loss_ldm", "loss_pa") if name in losses]
+        # One device-to-host sync a step; the terms are only looked at one by one on failure.
+        if torch.stack([losses[n].detach().float() for n in terms]).isfinite().all():
+            return
+        for name in terms:
+            if not torch.isfinite(losses[name]):
                 raise FloatingPointError(
                     f"{stage}/{name} is {losses[name].item()} at global step {self.global_step} "
                     f"(timesteps {losses['timesteps'].tolist()})"
@@ -401,7 +415,8 @@ class DetDiffusionModule(L.LightningModule):
 
     # -- optimisation ---------------------------------------------------------------------------
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: UNet, text encoder and head, each with its lr."""
         hp = self.hparams
         groups = []
         if hp.train_unet:
@@ -421,14 +436,19 @@ class DetDiffusionModule(L.LightningModule):
                 }
             )
         if self.head is not None:
-            groups.append({"params": list(self.head.parameters()), "lr": hp.head_lr or hp.lr, "name": "head"})
+            head_lr = hp.lr if hp.head_lr is None else hp.head_lr
+            groups.append({"params": list(self.head.parameters()), "lr": head_lr, "name": "head"})
         if not groups:
             raise ValueError(
                 "nothing to train: --model.train_unet and --model.train_text_encoder are false and no head"
             )
         for group in groups:
             group["weight_decay"] = hp.weight_decay
-        optimizer = self.optimizer_factory(groups)
+        return groups
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = self.optimizer_factory(self.param_groups())
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = hp.warmup_steps
 

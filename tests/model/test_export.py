@@ -25,15 +25,17 @@ def _assert_same_module(a: DetDiffusionModule, b: DetDiffusionModule) -> None:
 def test_round_trip_gives_the_same_module(tmp_path) -> None:
     module = tiny_module(
         head=SemanticHead(dim=8, supervise_absent=False),
-        class_names=["circle", "square", "triangle"],
+        categories=["circle", "square", "triangle"],
+        class_names={"circle": "round thing"},
         grid=LocationGrid(4, 6),
         pa_weight=0.05,
     )
     module.save_pretrained(tmp_path / "export")
     loaded = DetDiffusionModule.from_pretrained(tmp_path / "export")
     _assert_same_module(module, loaded)
+    assert loaded.layout_tokenizer.builder.class_name("circle") == "round thing"
     assert isinstance(loaded.head, SemanticHead) and loaded.head.supervise_absent is False
-    assert loaded.hparams.pa_weight == 0.05 and loaded.hparams.class_names == ["circle", "square", "triangle"]
+    assert loaded.hparams.pa_weight == 0.05 and loaded.hparams.categories == ["circle", "square", "triangle"]
     settings = json.loads((tmp_path / "export" / "detdiffusion.json").read_text())
     assert settings["grid"] == {"h_bins": 4, "w_bins": 6} and settings["attribute_tokens"]["hard"] == "[hard]"
 
