@@ -21,3 +21,21 @@ def test_config_parses(path: Path, capsys) -> None:
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "class_path" in printed and "trainer:" in printed
+
+
+def test_the_shapes_config_trains(tmp_path) -> None:
+    # Its own trainer settings (validation interval, callbacks, EMA) on less data: two steps.
+    main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "experiments" / "shapes" / "detdiffusion.yaml"),
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.max_steps=2",
+            "--trainer.limit_val_batches=1",
+            "--data.init_args.shapes.num_train=32",
+            "--data.init_args.shapes.num_val=8",
+            "--data.init_args.num_workers=0",
+        ]
+    )
+    assert list(tmp_path.glob("lightning_logs/version_0/events.out.tfevents.*"))
