@@ -187,12 +187,15 @@ class LayoutDataModule(L.LightningDataModule):
                 )
                 self.categories = self.categories or [coco.categories[c] for c in sorted(coco.categories)]
 
+    def _epoch(self) -> int | None:
+        return self.trainer.current_epoch if self.trainer is not None else None
+
     def _loader(self, dataset: LayoutDataset, shuffle: bool) -> DataLoader:
         hp = self.hparams
         return DataLoader(
             dataset,
             batch_size=hp.batch_size,
-            sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=hp.seed),
+            sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=hp.seed, epoch_source=self._epoch),
             num_workers=hp.num_workers,
             collate_fn=functools.partial(collate_layouts, empty_window=self.layout_tokenizer.empty_window),
             persistent_workers=hp.num_workers > 0,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,18 +80,24 @@ def record_layout(
 class EpochSampler(Sampler[tuple[int, int]]):
     """Yields ``(index, epoch)``, so an example's randomness is a function of (seed, epoch, index).
 
-    That keeps augmentation and prompt order the same whatever the number of workers. Lightning
-    calls ``set_epoch`` (also through its DDP sampler wrapper); a loop that does not, gets the
-    next epoch on each pass.
+    That keeps augmentation and prompt order the same whatever the number of workers. The
+    epoch is, in this order: the one given to ``set_epoch`` (Lightning calls it on a single
+    device), the one ``epoch_source`` returns (the trainer's: under DDP Lightning wraps this
+    sampler and sets the wrapper's epoch only, and a resumed run must not restart at 0), or
+    else the next on each pass.
 
     Args:
         size: dataset length.
         shuffle: visit indices in a random order each epoch.
         seed: base seed.
+        epoch_source: returns the current epoch, or None when it does not know.
     """
 
-    def __init__(self, size: int, shuffle: bool, seed: int) -> None:
+    def __init__(
+        self, size: int, shuffle: bool, seed: int, epoch_source: Callable[[], int | None] | None = None
+    ) -> None:
         self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.epoch_source = epoch_source
         self.epoch = 0
         self._epoch_set = False
 
@@ -103,9 +109,10 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return self.size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
+        source = self.epoch_source() if self.epoch_source is not None and not self._epoch_set else None
+        epoch = self.epoch if source is None else source
         if not self._epoch_set:
-            self.epoch += 1
+            self.epoch = epoch + 1
         self._epoch_set = False
         order = (
             np.random.default_rng([self.seed, epoch]).permutation(self.size)

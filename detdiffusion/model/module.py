@@ -6,6 +6,7 @@ import contextlib
 import copy
 import logging
 import math
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -200,20 +201,31 @@ class DetDiffusionModule(L.LightningModule):
         return hidden.reshape(b, -1, hidden.shape[-1])
 
     @torch.no_grad()
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def encode_images(
+        self, pixel_values: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """VAE latents of images in [-1, 1], scaled as the UNet expects (the images in pixel space)."""
         if self.vae is None:
             return pixel_values
-        latents = self.vae.encode(pixel_values.to(self.vae.dtype)).latent_dist.sample()
+        latents = self.vae.encode(pixel_values.to(self.vae.dtype)).latent_dist.sample(generator)
         return latents * self.vae.config.scaling_factor
 
-    def _losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def _generator(self, *key: int) -> torch.Generator:
+        """A generator seeded from ``key`` and the run's seed (``seed_everything``): the noise of a
+        batch does not depend on what ran before it, so a resumed run draws what the first would."""
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        state = np.random.SeedSequence([seed, *key]).generate_state(2, np.uint64)[0]
+        return torch.Generator(self.device).manual_seed(int(state) >> 1)
+
+    def _losses(
+        self, batch: dict[str, Any], generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
         """The training-step order of diffusers' text-to-image script, plus the perception head."""
-        latents = self.encode_images(batch["pixel_values"])
-        noise = torch.randn_like(latents)
+        latents = self.encode_images(batch["pixel_values"], generator)
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         b = latents.shape[0]
         timesteps = torch.randint(
-            0, self.noise_scheduler.config.num_train_timesteps, (b,), device=self.device
+            0, self.noise_scheduler.config.num_train_timesteps, (b,), device=self.device, generator=generator
         )
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         text = self.encode_prompts(batch["input_ids"])
@@ -261,7 +273,9 @@ class DetDiffusionModule(L.LightningModule):
                 )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        losses = self._losses(batch)
+        # Keyed by optimizer step (and micro-batch under accumulation): what a resumed run restores.
+        micro = batch_idx % self.trainer.accumulate_grad_batches
+        losses = self._losses(batch, self._generator(0, self.global_step, micro, self.global_rank))
         self._check_finite(losses, "train")
         b = batch["pixel_values"].shape[0]
         for name in ("loss", "loss_ldm", "loss_pa"):
@@ -277,9 +291,7 @@ class DetDiffusionModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         # Fixed noise per batch, so validation losses are comparable across epochs.
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(batch_idx)
-            losses = self._losses(batch)
+        losses = self._losses(batch, self._generator(1, batch_idx, self.global_rank))
         b = batch["pixel_values"].shape[0]
         for name in ("loss", "loss_ldm", "loss_pa"):
             if name in losses:

@@ -111,3 +111,44 @@ def test_a_batch_without_objects_trains_the_ldm_loss_alone() -> None:
     assert losses["loss_pa"] == 0 and torch.equal(losses["loss"], losses["loss_ldm"])
     losses["loss"].backward()
     assert module.unet.conv_in.weight.grad.abs().sum() > 0
+
+
+def test_resuming_from_a_checkpoint_continues_exactly(tmp_path) -> None:
+    import json
+
+    def fit(name: str, steps: int, *extra: str) -> dict:
+        checkpoint = {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            # Step checkpoints: Lightning replays an epoch-end checkpoint with other batch indices.
+            "init_args": {"dirpath": str(tmp_path / name), "save_last": True, "every_n_train_steps": 1},
+        }
+        main(
+            [
+                "fit",
+                "--config",
+                str(CONF),
+                f"--trainer.default_root_dir={tmp_path / name}",
+                "--trainer.enable_checkpointing=true",
+                f"--trainer.callbacks=[{json.dumps(checkpoint)}]",
+                "--trainer.limit_val_batches=0",
+                f"--trainer.max_steps={steps}",
+                "--model.init_args.ema_decay=0.9",
+                *extra,
+            ]
+        )
+        return torch.load(tmp_path / name / "last.ckpt", weights_only=True)
+
+    # The first part stops after its first epoch (2 steps) with the run's max_steps unchanged.
+    # A constant lr: a cosine schedule's length depends on the run's planned steps.
+    straight = fit("straight", 4, "--model.init_args.lr_schedule=constant")
+    fit("resumed", 4, "--model.init_args.lr_schedule=constant", "--trainer.max_epochs=1")
+    resumed = fit(
+        "resumed",
+        4,
+        "--model.init_args.lr_schedule=constant",
+        f"--ckpt_path={tmp_path / 'resumed' / 'last.ckpt'}",
+    )
+    assert resumed["global_step"] == straight["global_step"] == 4
+    for key, value in straight["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0, msg=key)
+    assert any(k.startswith("ema_unet.") for k in straight["state_dict"])
