@@ -25,7 +25,10 @@ def make_scheduler(name: str | SchedulerMixin | None, training_config: FrozenDic
     cls = getattr(diffusers, name, None)
     if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
         raise ValueError(f"unknown diffusers scheduler {name!r}: expected a class name like 'DDIMScheduler'")
-    return cls.from_config(training_config)
+    # All of the training config, defaults included: diffusers would otherwise swap the training
+    # scheduler's defaults for the new class's (``_use_default_values``), and a model built from
+    # configs would sample differently from the same model saved and loaded.
+    return cls.from_config({k: v for k, v in training_config.items() if k != "_use_default_values"})
 
 
 def denoise(

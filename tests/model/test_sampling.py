@@ -94,3 +94,16 @@ def test_sampling_keeps_no_decoder_features() -> None:
     module = tiny_module(head=InstanceHead(dim=8), num_classes=9)
     module.sample([LAYOUT], num_inference_steps=2)
     assert module.taps._features == {}
+
+
+def test_a_loaded_model_samples_with_the_same_scheduler_settings(tmp_path) -> None:
+    from detdiffusion.model.module import DetDiffusionModule
+
+    module = tiny_pixel_module()
+    module.save_pretrained(tmp_path / "export")
+    loaded = DetDiffusionModule.from_pretrained(tmp_path / "export")
+    name = "DPMSolverMultistepScheduler"
+    configs = [dict(make_scheduler(name, m.noise_scheduler.config).config) for m in (module, loaded)]
+    for config in configs:
+        config.pop("_use_default_values", None)
+    assert configs[0] == configs[1]
