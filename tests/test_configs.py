@@ -1,5 +1,6 @@
 """Every shipped YAML parses with the CLI that runs it."""
 
+import runpy
 from pathlib import Path
 
 import pytest
@@ -33,9 +34,13 @@ def test_the_shapes_config_trains(tmp_path) -> None:
             f"--trainer.default_root_dir={tmp_path}",
             "--trainer.max_steps=2",
             "--trainer.limit_val_batches=1",
+            "--trainer.log_every_n_steps=1",
             "--data.init_args.shapes.num_train=32",
             "--data.init_args.shapes.num_val=8",
             "--data.init_args.num_workers=0",
         ]
     )
     assert list(tmp_path.glob("lightning_logs/version_0/events.out.tfevents.*"))
+    plot = runpy.run_path(str(ROOT / "experiments" / "shapes" / "plot_fit.py"))
+    plot["main"]([str(tmp_path / "lightning_logs" / "version_0"), "--out", str(tmp_path / "curves.png")])
+    assert (tmp_path / "curves.png").stat().st_size > 0
