@@ -68,6 +68,59 @@ def _inspect_parser() -> ArgumentParser:
     return p
 
 
+def _attributes_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        description="Label every annotation easy / hard / background with a detector (DetDiffusion's "
+        "perception-aware attributes) and write a copy of the COCO JSON with an 'attribute' per annotation."
+    )
+    p.add_argument("--annotations", type=Path, required=True, help="COCO JSON to label (left untouched).")
+    p.add_argument("--images", type=Path, required=True, help="Image folder of the annotations.")
+    p.add_argument(
+        "--detector",
+        type=Path,
+        required=True,
+        help="YAML/JSON file with the detector's class_path and init_args (a detdiffusion Detector).",
+    )
+    p.add_argument("--out", type=Path, required=True, help="Labelled COCO JSON to write.")
+    p.add_argument(
+        "--stuff", type=Path | None, default=None, help="COCO-Stuff JSON: its categories are background."
+    )
+    p.add_argument("--gamma", type=float, default=0.5, help="Keep predictions scoring strictly above this.")
+    p.add_argument("--beta", type=float, default=0.5, help="Easy: a kept same-class IoU strictly above this.")
+    p.add_argument("--batch_size", type=int, default=8, help="Images per detector call.")
+    p.add_argument(
+        "--plot", type=Path | None, default=None, help="Bar plot PNG (default: <out stem>_attributes.png)."
+    )
+    return p
+
+
+def _load_detector(path: Path):
+    """The ``Detector`` a ``{class_path, init_args}`` file describes, and that spec as JSON."""
+    import argparse
+    import json
+
+    import yaml
+    from jsonargparse import ArgumentParser as Parser
+
+    from detdiffusion.detectors.base import Detector
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--detector {path}: file not found")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"--detector {path}: not valid YAML/JSON ({e})") from None
+    if not isinstance(spec, dict) or "class_path" not in spec:
+        raise ValueError(f"--detector {path}: expected a mapping with 'class_path' (and 'init_args')")
+    parser = Parser(exit_on_error=False)
+    parser.add_argument("--detector", type=Detector, required=True)
+    try:
+        detector = parser.instantiate(parser.parse_object({"detector": spec})).detector
+    except argparse.ArgumentError as e:
+        raise ValueError(f"--detector {path}: {e}") from None
+    return detector, json.dumps(spec, sort_keys=True, default=str)
+
+
 def _run_shapes(cfg) -> None:
     config = ShapesConfig(
         num_train=cfg.train,
@@ -107,7 +160,32 @@ def _run_inspect(cfg) -> None:
         print(f"wrote {paths['samples']} and {paths['summary']}")
 
 
-DATA_COMMANDS = {"shapes": (_shapes_parser, _run_shapes), "inspect-data": (_inspect_parser, _run_inspect)}
+def _run_attributes(cfg) -> None:
+    # Imported here: torch and torchvision take seconds to import, and `shapes` needs neither.
+    from detdiffusion.detectors.attributes import label_attributes
+
+    detector, spec = _load_detector(cfg.detector)
+    report = label_attributes(
+        cfg.annotations,
+        cfg.images,
+        detector,
+        cfg.out,
+        gamma=cfg.gamma,
+        beta=cfg.beta,
+        batch_size=cfg.batch_size,
+        stuff=cfg.stuff,
+        description=spec,
+    )
+    print(report.format())
+    plot = report.plot(cfg.plot or cfg.out.with_name(f"{cfg.out.stem}_attributes.png"))
+    print(f"wrote {cfg.out} and {plot}")
+
+
+DATA_COMMANDS = {
+    "shapes": (_shapes_parser, _run_shapes),
+    "inspect-data": (_inspect_parser, _run_inspect),
+    "attributes": (_attributes_parser, _run_attributes),
+}
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
 USAGE = """usage: detdiffusion COMMAND [options]
@@ -121,6 +199,7 @@ Trainer commands (LightningCLI; --help on each, --print_config, --config FILE.ya
 Data commands:
   shapes        write the built-in shapes dataset (COCO format)
   inspect-data  what a dataset holds, prompt token budgets, sample pictures
+  attributes    label objects easy / hard / background with a detector (P.A. attributes)
 """
 
 

@@ -58,6 +58,11 @@ class Detector(ABC):
     made elsewhere, read from a COCO results JSON).
     """
 
+    #: Whether ``detect`` looks at the pixels (a results file does not: callers skip decoding).
+    reads_pixels: bool = True
+    #: Images per ``detect`` call that callers use by default.
+    batch_size: int = 8
+
     @property
     @abstractmethod
     def detectable(self) -> frozenset[int]:
