@@ -42,3 +42,17 @@ def test_train_step_benchmark_reports_finite_figures(tmp_path, capsys) -> None:
     # In this long-lived process the allocator may serve the step from memory already resident,
     # so the peak above the start can be 0 here (a fresh child process, as the script runs it, grows).
     assert child["peak_bytes"] >= 0 and len(child["image_ids"]) == 2
+
+
+def test_attributes_benchmark_reports_finite_figures(tmp_path, capsys) -> None:
+    attributes = _load("attributes")
+    args = ["--images", "8", "--repeats", "1", "--batch-size", "4", "--cache-dir", str(tmp_path / "cache")]
+    results = attributes.main([*args, "--json", str(tmp_path / "r.json")])
+    assert json.loads((tmp_path / "r.json").read_text())["ratio"] == results["ratio"]
+    assert results["images"] == 8
+    assert math.isfinite(results["ratio"]) and results["ratio"] > 0
+    for key in ("label_attributes", "detect", "label_attributes_ms", "detect_ms", "assign_ms", "decode_ms"):
+        assert all(math.isfinite(v) and v > 0 for v in results["rates"][key]), key
+    assert all(math.isfinite(v) for v in results["rates"]["rest_ms"])  # a difference: may be negative
+    assert sum(results["attributes"].values()) > 0
+    assert "ratio label_attributes/detect" in capsys.readouterr().out
