@@ -43,10 +43,8 @@ Progress goes to stderr; stdout holds the results table.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -58,6 +56,7 @@ from typing import Any
 
 import torch
 
+from detdiffusion.benchmarking import machine_info, write_results
 from detdiffusion.data.coco import FilterConfig, ImageRecord, read_coco
 from detdiffusion.data.shapes import (
     THING_CLASSES,
@@ -317,20 +316,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "median": {key: statistics.median(v) for key, v in rates.items()},
         "ratio": ratio,
         "goal_ratio": GOAL_RATIO,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "torch_threads": args.threads,
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "load_average_start": load_start,
-            "load_average_end": load_end,
-        },
+        "machine": machine_info(args.threads, load_start, load_end),
     }
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        log.info("wrote %s", args.json)
+    write_results(args.json, results)
     return results
 
 

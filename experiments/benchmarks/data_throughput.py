@@ -51,7 +51,6 @@ import io
 import json
 import logging
 import os
-import platform
 import pstats
 import shlex
 import statistics
@@ -65,6 +64,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from detdiffusion.benchmarking import machine_info, write_results
 from detdiffusion.data.coco import FilterConfig, ImageRecord, read_coco
 from detdiffusion.data.datamodule import LayoutDataModule
 from detdiffusion.data.dataset import EpochSampler, LayoutDataset, TransformConfig, record_layout
@@ -391,20 +391,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "ratio": ratios["ratio library/plain"],
         "ratio_cpu_time": ratios["ratio library/plain, CPU time"],
         "goal_ratio": GOAL_RATIO,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "torch_threads": args.threads,
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "load_average_start": load_start,
-            "load_average_end": load_end,
-        },
+        "machine": machine_info(args.threads, load_start, load_end),
     }
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        log.info("wrote %s", args.json)
+    write_results(args.json, results)
     return results
 
 

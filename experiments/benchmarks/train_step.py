@@ -71,7 +71,6 @@ import json
 import logging
 import math
 import os
-import platform
 import re
 import shlex
 import statistics
@@ -88,6 +87,7 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
+from detdiffusion.benchmarking import machine_info, write_results
 from detdiffusion.data.datamodule import LayoutDataModule
 from detdiffusion.data.dataset import TransformConfig
 from detdiffusion.data.shapes import ShapesConfig
@@ -714,21 +714,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "breakdown_ms": pieces,
         "step_seconds": wall,
         "losses": losses,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "torch_threads": args.threads,
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "load_average_start": load_start,
-            "load_average_end": load_end,
-        },
+        "machine": machine_info(args.threads, load_start, load_end, device),
     }
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        log.info("wrote %s", args.json)
+    write_results(args.json, results)
     return results
 
 
