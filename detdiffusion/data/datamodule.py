@@ -28,6 +28,25 @@ from detdiffusion.layout.tokenizer import load_tokenizer
 log = logging.getLogger(__name__)
 
 
+def check_split_paths(
+    train_annotations: str | None,
+    train_images: str | None,
+    val_annotations: str | None,
+    val_images: str | None,
+) -> None:
+    """Annotations and images of a split go together; validation data needs training data."""
+    for split, ann, img in (
+        ("train", train_annotations, train_images),
+        ("val", val_annotations, val_images),
+    ):
+        if (ann is None) != (img is None):
+            raise ValueError(
+                f"--data.{split}_annotations and --data.{split}_images go together; got one of them"
+            )
+    if train_annotations is None and val_annotations is not None:
+        raise ValueError("--data.val_annotations needs --data.train_annotations (or neither, for the shapes)")
+
+
 class LayoutDataModule(L.LightningDataModule):
     """Images with layout prompts (location and attribute tokens), boxes, labels and masks.
 
@@ -90,18 +109,7 @@ class LayoutDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        for split, ann, img in (
-            ("train", train_annotations, train_images),
-            ("val", val_annotations, val_images),
-        ):
-            if (ann is None) != (img is None):
-                raise ValueError(
-                    f"--data.{split}_annotations and --data.{split}_images go together; got one of them"
-                )
-        if train_annotations is None and val_annotations is not None:
-            raise ValueError(
-                "--data.val_annotations needs --data.train_annotations (or neither, for the shapes)"
-            )
+        check_split_paths(train_annotations, train_images, val_annotations, val_images)
         if batch_size < 1:
             raise ValueError(f"--data.batch_size must be >= 1, got {batch_size}")
         # Kept as objects: under LightningCLI, hparams hold the config (plain dicts), not dataclasses.

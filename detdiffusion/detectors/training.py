@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchmetrics.detection import MeanAveragePrecision
 
 from detdiffusion.data.coco import Category, CocoLayouts, FilterConfig, ImageRecord, read_coco
+from detdiffusion.data.datamodule import check_split_paths
 from detdiffusion.data.shapes import ShapesConfig, default_shapes_dir, generate_shapes, shapes_paths
 from detdiffusion.data.transforms import load_rgb
 from detdiffusion.detectors.torchvision import Architecture, TorchvisionDetector
@@ -149,18 +150,7 @@ class DetectionDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        for split, ann, img in (
-            ("train", train_annotations, train_images),
-            ("val", val_annotations, val_images),
-        ):
-            if (ann is None) != (img is None):
-                raise ValueError(
-                    f"--data.{split}_annotations and --data.{split}_images go together; got one of them"
-                )
-        if train_annotations is None and val_annotations is not None:
-            raise ValueError(
-                "--data.val_annotations needs --data.train_annotations (or neither, for the shapes)"
-            )
+        check_split_paths(train_annotations, train_images, val_annotations, val_images)
         if batch_size < 1:
             raise ValueError(f"--data.batch_size must be >= 1, got {batch_size}")
         if size is not None and size < 1:
