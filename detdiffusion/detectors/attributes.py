@@ -227,6 +227,27 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.exists() and b.exists() and os.path.samefile(a, b)
 
 
+def record_attributes(
+    record: ImageRecord,
+    detections: Detections,
+    detectable: frozenset[int],
+    is_stuff_class: Mapping[int, bool],
+    gamma: float = 0.5,
+    beta: float = 0.5,
+) -> list[Attribute]:
+    """``assign_attributes`` of one image's annotations, in their order."""
+    anns = record.annotations
+    return assign_attributes(
+        torch.tensor([a.box for a in anns], dtype=torch.float64),
+        torch.tensor([a.category_id for a in anns], dtype=torch.int64),
+        detections,
+        detectable,
+        torch.tensor([is_stuff_class[a.category_id] for a in anns], dtype=torch.bool),
+        gamma,
+        beta,
+    )
+
+
 def label_attributes(
     annotations: str | Path,
     images: str | Path,
@@ -282,15 +303,7 @@ def label_attributes(
             )
         for record, dets in zip(batch, results, strict=True):
             anns = record.annotations
-            labels = assign_attributes(
-                torch.tensor([a.box for a in anns], dtype=torch.float64),
-                torch.tensor([a.category_id for a in anns], dtype=torch.int64),
-                dets,
-                detectable,
-                torch.tensor([is_stuff_class[a.category_id] for a in anns], dtype=torch.bool),
-                gamma,
-                beta,
-            )
+            labels = record_attributes(record, dets, detectable, is_stuff_class, gamma, beta)
             for ann, attribute in zip(anns, labels, strict=True):
                 attributes[ann.id] = attribute
                 counts[ann.category_id][attribute] += 1

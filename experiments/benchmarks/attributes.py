@@ -67,7 +67,7 @@ from detdiffusion.data.shapes import (
     shapes_paths,
 )
 from detdiffusion.data.transforms import load_rgb
-from detdiffusion.detectors.attributes import assign_attributes, label_attributes
+from detdiffusion.detectors.attributes import label_attributes, record_attributes
 from detdiffusion.detectors.base import Detections
 from detdiffusion.detectors.torchvision import Architecture, TorchvisionDetector
 
@@ -143,16 +143,7 @@ def assign_all(
     """``assign_attributes`` over every image, given the tensors ``label_attributes`` builds; objects done."""
     count = 0
     for record, dets in zip(records, detections, strict=True):
-        anns = record.annotations
-        labels = assign_attributes(
-            torch.tensor([a.box for a in anns], dtype=torch.float64),
-            torch.tensor([a.category_id for a in anns], dtype=torch.int64),
-            dets,
-            detectable,
-            torch.tensor([is_stuff_class[a.category_id] for a in anns], dtype=torch.bool),
-            gamma,
-            beta,
-        )
+        labels = record_attributes(record, dets, detectable, is_stuff_class, gamma, beta)
         count += len(labels)
     return count
 
