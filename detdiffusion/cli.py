@@ -210,14 +210,20 @@ def lightning_cli(args: list[str] | None = None) -> None:
     """
     # Imported here: Lightning and diffusers take seconds to import; the data commands need neither.
     import lightning as L
-    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+    # Lightning's logger has its own handler; propagating to the root's too printed every line twice.
+    logging.getLogger("lightning").propagate = False
+    command = (sys.argv[1:] if args is None else args)[:1]
     LightningCLI(
         L.LightningModule,
         L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=args,
+        # predict writes a dataset whose generation.json records its settings; a config.yaml in the
+        # log folder (the working directory, without a logger) would only litter.
+        save_config_callback=None if command == ["predict"] else SaveConfigCallback,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )

@@ -239,6 +239,7 @@ def read_coco(
     stuff_annotations: str | Path | None = None,
     filters: FilterConfig | None = None,
     check_files: bool = True,
+    strict_boxes: bool = False,
 ) -> CocoLayouts:
     """Read a COCO instances JSON (and optionally a COCO-Stuff JSON of the same images).
 
@@ -248,6 +249,8 @@ def read_coco(
         stuff_annotations: a stuff JSON over the same images; its categories become stuff.
         filters: which objects and images to keep (default ``FilterConfig()``).
         check_files: check up front that every kept image file exists.
+        strict_boxes: a box that is empty, inverted, NaN or reaches outside its image is an error
+            (for layouts to generate from) instead of a counted skip or clip (for real datasets).
     """
     filters = filters or FilterConfig()
     images_dir = Path(images_dir).expanduser()
@@ -319,6 +322,11 @@ def read_coco(
                 raise ValueError(f"{where}: category_id {cid} is not in 'categories'")
             _, _, width, height = images[iid]
             box = _clip_box(ann["bbox"], width, height)
+            if strict_boxes and (box is None or box[1]):
+                raise ValueError(
+                    f"{where}: layout (image id) {iid}: bbox {ann['bbox']} is empty, not [x, y, w, h] with "
+                    f"w, h > 0, or reaches outside the {width}x{height} image"
+                )
             if box is None:
                 report.invalid_box += 1
                 invalid_ids.append(aid)

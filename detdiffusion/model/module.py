@@ -19,6 +19,7 @@ from diffusers import SchedulerMixin
 from lightning.pytorch.cli import OptimizerCallable
 from torch.optim.lr_scheduler import LambdaLR
 
+from detdiffusion.generation.pipeline import LayoutDiffusionPipeline
 from detdiffusion.heads import HeadInputs, PerceptionHead
 from detdiffusion.layout.encoding import LayoutTokenizer
 from detdiffusion.layout.grid import LocationGrid
@@ -28,7 +29,6 @@ from detdiffusion.losses import diffusion_target, foreground_weight, ldm_loss, p
 from detdiffusion.model import export
 from detdiffusion.model.components import extend_for_layouts, load_components
 from detdiffusion.model.ema import ema_decay, update_ema
-from detdiffusion.model.sampling import denoise, make_scheduler
 from detdiffusion.model.taps import UpBlockTaps
 
 log = logging.getLogger(__name__)
@@ -302,18 +302,16 @@ class DetDiffusionModule(L.LightningModule):
 
     # -- sampling -------------------------------------------------------------------------------
 
+    def pipeline(self, use_ema: bool = True) -> LayoutDiffusionPipeline:
+        """A diffusers pipeline over this module's weights (shared, not copied)."""
+        return LayoutDiffusionPipeline.from_module(self, use_ema)
+
     def prompt_ids(self, prompts: Sequence[Layout | str]) -> torch.Tensor:
         """``(B, W·77)`` token ids of layouts (encoded in dataset order) or free-text prompts.
 
         Prompts of fewer windows are padded with empty-prompt windows, as in training batches.
         """
-        tok = self.layout_tokenizer
-        ids = [tok.encode(p).input_ids if isinstance(p, Layout) else tok.encode_text(p) for p in prompts]
-        windows = max(len(i) for i in ids) // tok.window
-        out = torch.from_numpy(np.tile(tok.empty_window, (len(ids), windows)))
-        for row, i in zip(out, ids, strict=True):
-            row[: len(i)] = torch.from_numpy(i)
-        return out.to(self.device)
+        return self.pipeline().prompt_ids(prompts)[0].to(self.device)
 
     @torch.no_grad()
     def sample(
@@ -326,44 +324,70 @@ class DetDiffusionModule(L.LightningModule):
         height: int | None = None,
         width: int | None = None,
         use_ema: bool = True,
+        negative_prompt: str = "",
     ) -> torch.Tensor:
         """Images ``(B, 3, H, W)`` in [0, 1] generated for layouts, text, or token ids.
 
         Args:
             prompts: layouts, free-text prompts, or ``(B, W·77)`` token ids (a batch's ``input_ids``).
             num_inference_steps: denoising steps.
-            guidance_scale: classifier-free guidance scale against the empty prompt (<= 1: none).
+            guidance_scale: classifier-free guidance scale against the negative prompt (<= 1: none).
             scheduler: diffusers scheduler class name or instance (None: DDIM), set up with the
                 training noise schedule.
             generator: one generator, or one per image.
             height: image height in pixels (None: the UNet's sample size).
             width: image width in pixels (None: the UNet's sample size).
             use_ema: denoise with the EMA UNet where there is one.
+            negative_prompt: text of the guidance's negative branch ("": the empty prompt of training).
         """
-        ids = prompts.to(self.device) if isinstance(prompts, torch.Tensor) else self.prompt_ids(prompts)
-        window = self.layout_tokenizer.window
-        empty = torch.from_numpy(self.layout_tokenizer.empty_window).to(ids)
-        cond = self.encode_prompts(ids)
-        uncond = self.encode_prompts(empty.repeat(ids.shape[0], ids.shape[1] // window))
-        scale = 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
-        size = self.unet.config.sample_size
-        h, w = (height or size * scale) // scale, (width or size * scale) // scale
-        unet = self.ema_unet if use_ema and self.ema_unet is not None else self.unet
-        dtype = next(unet.parameters()).dtype
+        pipe = self.pipeline(use_ema)
+        if isinstance(prompts, torch.Tensor):
+            ids, negative = (
+                prompts,
+                torch.from_numpy(self.layout_tokenizer.encode_text(negative_prompt))[None],
+            )
+        else:
+            ids, negative, _ = pipe.prompt_ids(prompts, negative_prompt)
         with self.taps.paused() if self.taps is not None else contextlib.nullcontext():
-            latents = denoise(
-                lambda x, t, text: unet(x, t, text).sample,
-                make_scheduler(scheduler, self.noise_scheduler.config),
-                cond.to(dtype),
-                uncond.to(dtype),
-                (ids.shape[0], self.unet.config.in_channels, h, w),
+            return pipe.generate_ids(
+                ids.to(self.device),
+                negative,
                 num_inference_steps,
                 guidance_scale,
+                scheduler,
                 generator,
+                height,
+                width,
             )
-        if self.vae is not None:
-            latents = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
-        return (latents.float() / 2 + 0.5).clamp(0, 1)
+
+    def generate(self, layouts: Sequence[Layout] | Layout, strategy: str = "origin", **kwargs: Any) -> list:
+        """PIL images for layouts under an attribute ``strategy`` (``origin``, ``easy``, ``hard``).
+
+        ``kwargs`` go to ``LayoutDiffusionPipeline.__call__`` (``seed``, ``num_inference_steps``,
+        ``guidance_scale``, ``scheduler``, ``attribute_overrides``, …). ``viz.draw_layout`` draws the
+        boxes on an image.
+        """
+        with self.taps.paused() if self.taps is not None else contextlib.nullcontext():
+            return self.pipeline()(layouts, strategy, **kwargs).images
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """A ``LayoutSetDataModule`` batch: each image from its own seed, with the batch's settings."""
+        settings = batch["settings"]
+        if not batch["items"]:  # a rank with no share left (see LayoutSetDataModule)
+            return {"images": torch.empty(0, 3, 1, 1), "items": []}
+        generators = [torch.Generator(self.device).manual_seed(int(s)) for s in batch["seeds"]]
+        with self.taps.paused() if self.taps is not None else contextlib.nullcontext():
+            images = self.pipeline(settings.use_ema).generate_ids(
+                batch["input_ids"],
+                batch["negative_ids"],
+                settings.num_inference_steps,
+                settings.guidance_scale,
+                settings.scheduler,
+                generators,
+                settings.height,
+                settings.width,
+            )
+        return {"images": images, "items": batch["items"]}
 
     # -- EMA, checkpoints, export ---------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Iterable
 
 import diffusers
 import torch
@@ -40,6 +41,7 @@ def denoise(
     num_inference_steps: int,
     guidance_scale: float,
     generator: torch.Generator | list[torch.Generator] | None = None,
+    progress: Callable[[Iterable], Iterable] | None = None,
 ) -> torch.Tensor:
     """Latents denoised from Gaussian noise, StableDiffusionPipeline's loop without the pipeline.
 
@@ -51,7 +53,9 @@ def denoise(
         shape: ``(B, C, H, W)`` of the latents.
         num_inference_steps: denoising steps.
         guidance_scale: classifier-free guidance scale; ``<= 1`` runs the conditional branch only.
-        generator: one generator, or one per image (an image then does not depend on its batch).
+        generator: one generator, or one per image (an image then does not depend on its batch);
+            stochastic samplers (DDPM, ancestral Euler) draw their step noise from it too.
+        progress: wraps the timesteps (a progress bar).
     """
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
@@ -60,12 +64,15 @@ def denoise(
     latents = randn_tensor(shape, generator=generator, device=cond.device, dtype=cond.dtype)
     latents = latents * scheduler.init_noise_sigma
     text = torch.cat([uncond, cond]) if guided else cond
-    for t in scheduler.timesteps:
+    step_kwargs = (
+        {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    )
+    for t in progress(scheduler.timesteps) if progress else scheduler.timesteps:
         x = torch.cat([latents, latents]) if guided else latents
         x = scheduler.scale_model_input(x, t)
         out = denoiser(x, t, text)
         if guided:
             out_uncond, out_cond = out.chunk(2)
             out = out_uncond + guidance_scale * (out_cond - out_uncond)
-        latents = scheduler.step(out, t, latents).prev_sample
+        latents = scheduler.step(out, t, latents, **step_kwargs).prev_sample
     return latents

@@ -16,7 +16,7 @@ from detdiffusion.data.shapes import SHAPES_FILTERS, shapes_paths
 from detdiffusion.detectors import LabelMap, TorchvisionDetector, detect_dataset
 
 #: The quickest architecture on a CPU, for everything but the per-architecture test.
-SMALL = "fasterrcnn_mobilenet_v3_large_fpn"
+SMALL = "fasterrcnn_small"
 
 
 def _detector(architecture: str = SMALL, **kwargs) -> TorchvisionDetector:
@@ -42,6 +42,7 @@ def _check(detections: dict[str, torch.Tensor], allowed: set[int]) -> None:
 
 
 ARCHITECTURES = [
+    "fasterrcnn_small",
     "fasterrcnn_resnet50_fpn",
     "fasterrcnn_resnet50_fpn_v2",
     "fasterrcnn_mobilenet_v3_large_fpn",
@@ -59,7 +60,7 @@ def test_builds_offline(architecture: str) -> None:
     assert detector.detectable == {7, 11, 42}
 
 
-# One per post-processing family (their score threshold arguments differ); the mobilenet Faster
+# One per post-processing family (their score threshold arguments differ); the small Faster
 # R-CNN runs in the tests below. The v2 Faster R-CNN is slow on a CPU and shares the family.
 @pytest.mark.parametrize(
     "architecture", ["fasterrcnn_resnet50_fpn", "retinanet_resnet50_fpn", "fcos_resnet50_fpn"]

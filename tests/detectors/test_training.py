@@ -126,7 +126,7 @@ def test_tiny_fit_logs_map_and_its_checkpoint_loads(tmp_path: Path) -> None:
     assert module.hparams.category_ids == [1, 2, 3, 4, 5]
     assert module.hparams.category_names == ["circle", "square", "triangle", "diamond", "star"]
     detector = TorchvisionDetector(
-        "fasterrcnn_mobilenet_v3_large_fpn",
+        "fasterrcnn_small",
         category_ids=[1, 2, 3, 4, 5],
         weights=ckpt,
         min_size=64,
