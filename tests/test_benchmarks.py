@@ -56,3 +56,25 @@ def test_attributes_benchmark_reports_finite_figures(tmp_path, capsys) -> None:
     assert all(math.isfinite(v) for v in results["rates"]["rest_ms"])  # a difference: may be negative
     assert sum(results["attributes"].values()) > 0
     assert "ratio label_attributes/detect" in capsys.readouterr().out
+
+
+def test_generation_benchmark_reports_finite_figures(tmp_path, capsys) -> None:
+    generation = _load("generation")
+    args = [
+        "--config",
+        "tiny",
+        "--batch-size",
+        "2",
+        "--steps",
+        "2",
+        "--rounds",
+        "1",
+        "--json",
+        str(tmp_path / "r.json"),
+    ]
+    results = generation.main(args)
+    assert json.loads((tmp_path / "r.json").read_text()) == results
+    figures = results["pipeline"]
+    assert all(math.isfinite(v) and v > 0 for v in figures["images_per_s"].values())
+    assert figures["max_abs_difference"] < 1e-4  # the same images as plain diffusers
+    assert "ratio ours/plain" in capsys.readouterr().out

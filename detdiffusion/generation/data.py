@@ -192,6 +192,8 @@ class LayoutSetDataModule(L.LightningDataModule):
         self.store: SyntheticStore | None = None
         self.planned: list[tuple[int, int]] = []
         self._ids: list[np.ndarray] = []
+        #: Images all ranks generate in this run (the plan less what was done before).
+        self.to_generate = 0
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -277,6 +279,7 @@ class LayoutSetDataModule(L.LightningDataModule):
         items = [
             (index[lid], k, image_seed(self.seed, lid, k)) for lid, k in self.planned if (lid, k) not in done
         ]
+        self.to_generate = len(items)
         share: list[tuple[int, int, int] | None] = items[trainer.global_rank :: trainer.world_size]
         log.info(
             "generation: %d layouts × %d samples = %d images planned, %d already in %s, %d to generate",
@@ -375,11 +378,13 @@ class SyntheticDatasetWriter(BasePredictionWriter):
         trainer.strategy.barrier("detdiffusion-generation-done")
         if trainer.is_global_zero:
             seconds = time.perf_counter() - self._start
+            count = trainer.datamodule.to_generate
             path = trainer.datamodule.finish()
             log.info(
-                "wrote %d images on rank 0 in %.1f s (%.2f images/s); dataset: %s",
-                self._written,
+                "generated %d images on %d ranks in %.1f s (%.2f images/s); dataset: %s",
+                count,
+                trainer.world_size,
                 seconds,
-                self._written / max(seconds, 1e-9),
+                count / max(seconds, 1e-9),
                 path,
             )

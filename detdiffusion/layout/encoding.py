@@ -101,7 +101,15 @@ class LayoutTokenizer:
         """Ids, owning object (-1: none) and group (object whose span the token falls after) per token."""
         # The Rust tokenizer directly: the same ids as tokenizer(prompt), without the wrapper's
         # per-call overhead, which costs as much as the tokenization itself.
-        enc = self.tokenizer.backend_tokenizer.encode(prompt, add_special_tokens=False)
+        backend = self.tokenizer.backend_tokenizer
+        # A call like tokenizer(text, padding="max_length", truncation=True) (StableDiffusionPipeline
+        # sharing this tokenizer does one) leaves padding and truncation set on the backend: they
+        # would pad or cut the prompt here.
+        if backend.padding is not None:
+            backend.no_padding()
+        if backend.truncation is not None:
+            backend.no_truncation()
+        enc = backend.encode(prompt, add_special_tokens=False)
         token_starts = np.asarray([s for s, _ in enc.offsets], dtype=np.int64)
         # A token belongs to the group of the last object starting at or before it, so a
         # separator merged into a token like "),", and the suffix, go with the object before.

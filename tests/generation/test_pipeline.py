@@ -114,3 +114,12 @@ def test_same_images_as_a_plain_stable_diffusion_pipeline() -> None:
         output_type="pt",
     ).images
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_layout_ids_survive_a_padding_call_on_the_shared_tokenizer() -> None:
+    # StableDiffusionPipeline tokenizes with padding="max_length", truncation=True, which stays set
+    # on the fast tokenizer's backend; layout prompts must not pick it up.
+    module = tiny_module()
+    before = module.layout_tokenizer.encode(LAYOUT).input_ids.copy()
+    module.layout_tokenizer.tokenizer(["a circle"], padding="max_length", max_length=77, truncation=True)
+    assert (module.layout_tokenizer.encode(LAYOUT).input_ids == before).all()

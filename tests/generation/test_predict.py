@@ -43,6 +43,25 @@ def predict(checkpoint: Path, out: Path, *args: str) -> dict:
     return json.loads((out / "annotations.json").read_text())
 
 
+def test_the_shipped_config_runs(checkpoint: Path, tmp_path: Path) -> None:
+    shipped = Path(__file__).parents[2] / "experiments" / "shapes" / "generate.yaml"
+    main(
+        [
+            "predict",
+            "--config",
+            str(shipped),
+            f"--ckpt_path={checkpoint}",
+            f"--data.output_dir={tmp_path / 'syn'}",
+            "--data.init_args.shapes.num_train=4",
+            "--data.init_args.shapes.num_val=4",
+            "--data.limit=2",
+            "--data.init_args.sampling.num_inference_steps=2",
+        ]
+    )
+    coco = json.loads((tmp_path / "syn" / "annotations.json").read_text())
+    assert len(coco["images"]) == 4 and coco["info"]["sampling"]["scheduler"] == "DPMSolverMultistepScheduler"
+
+
 def _pixels(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path))
 
