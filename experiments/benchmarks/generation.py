@@ -263,7 +263,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(
         f"{r['config']} {r['image_size']} px, batch {r['batch_size']}, {r['steps']} steps, {r['precision']}, "
         f"{r['scheduler']}: plain {r['images_per_s']['plain']:.3f} images/s, "
-        f"ours {r['images_per_s']['ours']:.3f} images/s, ratio ours/plain {r['ratio_ours_over_plain']:.3f} (goal >= {GOAL_RATIO}); "
+        f"ours {r['images_per_s']['ours']:.3f} images/s, "
+        f"ratio ours/plain {r['ratio_ours_over_plain']:.3f} (goal >= {GOAL_RATIO}); "
         f"max |difference| {r['max_abs_difference']:.2e}"
     )
     if args.ddp:
