@@ -4,7 +4,8 @@ from typing import Any
 
 from detdiffusion.detectors.base import Detections, Detector, LabelMap
 from detdiffusion.detectors.results import CocoResultsDetector
-from detdiffusion.detectors.torchvision import TorchvisionDetector, detect_dataset
+from detdiffusion.detectors.running import detect_dataset
+from detdiffusion.detectors.torchvision import TorchvisionDetector
 
 __all__ = [
     "CocoResultsDetector",

@@ -33,11 +33,10 @@ from typing import Any
 
 import torch
 from torchvision.ops import box_iou
-from tqdm.auto import tqdm
 
 from detdiffusion.data.coco import ATTRIBUTE_FIELD, FilterConfig, ImageRecord, _load_json, read_coco
-from detdiffusion.data.transforms import load_rgb
 from detdiffusion.detectors.base import Detections, Detector
+from detdiffusion.detectors.running import detector_description, iter_detections
 from detdiffusion.layout.types import Attribute
 
 __all__ = ["AttributeReport", "assign_attributes", "label_attributes"]
@@ -202,25 +201,6 @@ class AttributeReport:
         return path
 
 
-def _detector_description(detector: Detector) -> str:
-    cls = type(detector)
-    name = f"{cls.__module__}.{cls.__qualname__}"
-    # object's default repr holds a memory address, which would make the output differ per run.
-    return repr(detector) if cls.__repr__ is not object.__repr__ else name
-
-
-def _load_image(record: ImageRecord) -> torch.Tensor:
-    """``(3, H, W)`` float in [0, 1]; the file's size must be the one the JSON gives."""
-    rgb = load_rgb(record.path, record.id)
-    height, width = rgb.shape[:2]
-    if (width, height) != (record.width, record.height):
-        raise ValueError(
-            f"{record.path} (image id {record.id}): the file is {width}x{height} but the annotations "
-            f"give {record.width}x{record.height}; boxes would not line up with the image"
-        )
-    return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)  # (H, W, 3) → (3, H, W)
-
-
 def _same_file(a: Path, b: Path) -> bool:
     if a.resolve() == b.resolve():
         return True
@@ -292,22 +272,12 @@ def label_attributes(
     counts: dict[int, Counter[Attribute]] = {cid: Counter() for cid in coco.categories}
     report = AttributeReport(gamma=gamma, beta=beta, skipped_invalid_box=coco.report.invalid_box)
     records = [r for r in coco.images if r.annotations]
-    batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
-    for batch in tqdm(batches, desc="attributes", unit="batch", disable=not progress):
-        tensors = [_load_image(r) if detector.reads_pixels else torch.empty(3, 0, 0) for r in batch]
-        with torch.inference_mode():
-            results = detector.detect(tensors, [r.id for r in batch])
-        if len(results) != len(batch):
-            raise ValueError(
-                f"{_detector_description(detector)} returned {len(results)} results for {len(batch)} images"
-            )
-        for record, dets in zip(batch, results, strict=True):
-            anns = record.annotations
-            labels = record_attributes(record, dets, detectable, is_stuff_class, gamma, beta)
-            for ann, attribute in zip(anns, labels, strict=True):
-                attributes[ann.id] = attribute
-                counts[ann.category_id][attribute] += 1
-                report.crowd += ann.iscrowd
+    for record, dets in iter_detections(detector, records, batch_size, progress, desc="attributes"):
+        labels = record_attributes(record, dets, detectable, is_stuff_class, gamma, beta)
+        for ann, attribute in zip(record.annotations, labels, strict=True):
+            attributes[ann.id] = attribute
+            counts[ann.category_id][attribute] += 1
+            report.crowd += ann.iscrowd
     report.images = len(records)
     report.annotations = len(attributes)
     report.per_class = {
@@ -327,7 +297,7 @@ def label_attributes(
     if not isinstance(info, dict):
         raise ValueError(f"{annotations}: 'info' must be a JSON object, got {type(info).__name__}")
     info[INFO_KEY] = {
-        "detector": description or _detector_description(detector),
+        "detector": description or detector_description(detector),
         "detectable": sorted(detectable),
         "source": annotations.name,
         **report.as_dict(),

@@ -1,4 +1,4 @@
-"""In-process detectors from ``torchvision.models.detection``, and running any detector over a dataset.
+"""In-process detectors from ``torchvision.models.detection``.
 
 Nothing is downloaded: models are built with ``weights=None, weights_backbone=None`` and trained
 weights come from a local file (a torchvision state dict, e.g. ``fasterrcnn_resnet50_fpn_coco-*.pth``
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -17,14 +16,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 from torchvision.models import detection
-from tqdm.auto import tqdm
 
-from detdiffusion.data.coco import CocoLayouts
-from detdiffusion.data.transforms import load_rgb
 from detdiffusion.detectors.base import Detections, Detector, LabelMap
 from detdiffusion.detectors.small import fasterrcnn_small
 
-__all__ = ["Architecture", "TorchvisionDetector", "detect_dataset"]
+__all__ = ["Architecture", "TorchvisionDetector"]
 
 log = logging.getLogger(__name__)
 
@@ -232,58 +228,3 @@ def _state_dict(checkpoint: Any, path: Path) -> dict[str, torch.Tensor]:
         # the detector's.
         return {k.removeprefix("model."): v for k, v in checkpoint.items() if k.startswith("model.")}
     return dict(checkpoint)
-
-
-def detect_dataset(
-    detector: Detector,
-    coco: CocoLayouts,
-    batch_size: int | None = None,
-    progress: bool = True,
-) -> dict[int, Detections]:
-    """Run ``detector`` over every image of ``coco``.
-
-    Images of a detector that does not read pixels (a results file) are not decoded.
-
-    Args:
-        detector: any detector.
-        coco: the dataset; images are read from their records' paths.
-        batch_size: images per ``detect`` call; None: the detector's own.
-        progress: show a progress bar (images/s).
-
-    Returns:
-        detections by image id.
-    """
-    if batch_size is None:
-        batch_size = detector.batch_size
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    records = coco.images
-    results: dict[int, Detections] = {}
-    start = time.perf_counter()
-    with tqdm(total=len(records), desc="detecting", unit="img", disable=not progress) as bar:
-        for i in range(0, len(records), batch_size):
-            chunk = records[i : i + batch_size]
-            ids = [r.id for r in chunk]
-            if not detector.reads_pixels:
-                images = [torch.empty(3, 0, 0) for _ in chunk]  # never read
-            else:
-                images = []
-                for r in chunk:
-                    array = load_rgb(r.path, r.id)
-                    if array.shape[:2] != (r.height, r.width):
-                        raise ValueError(
-                            f"{r.path} (image id {r.id}): image is {array.shape[1]}x{array.shape[0]}, "
-                            f"the annotations say {r.width}x{r.height}"
-                        )
-                    images.append(torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0))
-            for image_id, dets in zip(ids, detector.detect(images, ids), strict=True):
-                results[image_id] = dets
-            bar.update(len(chunk))
-    elapsed = time.perf_counter() - start
-    log.info(
-        "detected %d images in %.1f s (%.1f images/s)",
-        len(records),
-        elapsed,
-        len(records) / max(elapsed, 1e-9),
-    )
-    return results

@@ -372,6 +372,12 @@ class DetectorModule(L.LightningModule):
             raise ValueError("--model.category_ids is unset and the datamodule has no category_ids")
         self._build(list(ids))
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The initial weights are in the state dict now: loading the checkpoint must not read (or
+        # need) that file again.
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"]["weights"] = None
+
     # -- the recipe -----------------------------------------------------------------------------
 
     def training_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> torch.Tensor:

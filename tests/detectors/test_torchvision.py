@@ -209,6 +209,6 @@ def test_detect_dataset_checks_image_size(tmp_path: Path) -> None:
     coco = read_coco(ann, images, filters=FilterConfig(min_object_area=0.0, min_objects=0, max_objects=None))
 
     with pytest.raises(
-        ValueError, match=r"a\.png \(image id 17\): image is 32x32, the annotations say 40x32"
+        ValueError, match=r"a\.png \(image id 17\): the file is 32x32 but the annotations give 40x32"
     ):
         detect_dataset(_detector(category_ids=[1]), coco, progress=False)

@@ -142,3 +142,25 @@ def test_tiny_fit_logs_map_and_its_checkpoint_loads(tmp_path: Path) -> None:
     theirs = detector.detect([image], [7])[0]
     torch.testing.assert_close(ours["boxes"], theirs["boxes"])
     assert set(ours["labels"].tolist()) <= {1, 2, 3, 4, 5}
+
+
+def test_a_checkpoint_loads_without_its_initial_weights_file(tmp_path: Path) -> None:
+    init = tmp_path / "init.pth"
+    start = TorchvisionDetector("fasterrcnn_small", category_ids=[1, 2, 3, 4, 5], device="cpu")
+    torch.save(start.model.state_dict(), init)
+    main(
+        [
+            "fit",
+            "--config",
+            str(CONF),
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.max_steps=1",
+            "--trainer.limit_val_batches=0",
+            f"--model.weights={init}",
+        ]
+    )
+    init.unlink()  # moved or deleted after training
+    (ckpt,) = tmp_path.glob("**/checkpoints/*.ckpt")
+    module = DetectorModule.load_from_checkpoint(ckpt)
+    assert module.hparams.weights is None
+    assert module.model is not None
