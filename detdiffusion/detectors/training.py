@@ -29,6 +29,7 @@ from detdiffusion.data.datamodule import check_split_paths
 from detdiffusion.data.shapes import ShapesConfig, default_shapes_dir, generate_shapes, shapes_paths
 from detdiffusion.data.transforms import load_rgb
 from detdiffusion.detectors.torchvision import Architecture, TorchvisionDetector
+from detdiffusion.evaluation.yolo_score import map_backend
 
 __all__ = [
     "DETECTION_FILTERS",
@@ -253,11 +254,6 @@ class DetectionDataModule(L.LightningDataModule):
 def _import(class_path: str) -> Any:
     module, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), name)
-
-
-def map_backend() -> str:
-    """torchmetrics' COCO evaluation backend: ``faster_coco_eval`` when installed, else ``pycocotools``."""
-    return "faster_coco_eval" if importlib.util.find_spec("faster_coco_eval") else "pycocotools"
 
 
 class DetectorModule(L.LightningModule):
