@@ -1,5 +1,6 @@
-"""Evaluation: fidelity of generated images (YOLO score) against the layouts that made them."""
+"""Evaluation: fidelity of generated images (FID; YOLO score against the layouts that made them)."""
 
+from detdiffusion.evaluation.fid import FID
 from detdiffusion.evaluation.yolo_score import YOLOScore
 
-__all__ = ["YOLOScore"]
+__all__ = ["FID", "YOLOScore"]
