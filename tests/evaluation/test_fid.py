@@ -80,7 +80,7 @@ def test_real_statistics_are_cached_and_checked(tmp_path: Path) -> None:
 
 def test_missing_inception_weights_say_where_to_put_them(tmp_path: Path) -> None:
     with pytest.raises(
-        FileNotFoundError, match="weights-inception-2015-12-05-6726825d.pth.*inception_weights"
+        FileNotFoundError, match=r"weights-inception-2015-12-05-6726825d\.pth.*inception_weights"
     ):
         FID(inception_weights=tmp_path / "nope.pth")
     with pytest.raises(FileNotFoundError, match="no path was given"):
