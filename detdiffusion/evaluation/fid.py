@@ -90,8 +90,8 @@ class FID(FrechetInceptionDistance):
                     else f"{inception_weights} does not exist"
                 )
                 raise FileNotFoundError(
-                    f"FID needs the Inception weights file, and {where}. On a machine with internet, download "
-                    f"{INCEPTION_WEIGHTS_URL}, copy it here (e.g. ~/.cache/detdiffusion/"
+                    f"FID needs the Inception weights file, and {where}. On a machine with internet, "
+                    f"download {INCEPTION_WEIGHTS_URL}, copy it here (e.g. ~/.cache/detdiffusion/"
                     "weights-inception-2015-12-05-6726825d.pth) and pass its path as inception_weights "
                     "(--fid.inception_weights in configs); or pass feature_extractor=<module>."
                 )
