@@ -23,6 +23,25 @@ _ATTRIBUTES = {code: attribute for attribute, code in ATTRIBUTE_CODES.items()}
 _KEPT = ("pixel_values", "input_ids", "boxes", "labels", "attributes", "object_mask")
 
 
+def publish_grid(trainer: L.Trainer, grid: Image.Image, name: str) -> Path:
+    """Write ``grid`` to ``<log_dir>/<name>/step=N.png`` (atomically) and to TensorBoard / W&B
+    as ``val/<name>``."""
+    path = Path(trainer.log_dir or trainer.default_root_dir) / name / f"step={trainer.global_step}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    grid.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    log.info("%s: %s", name, path)
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(f"val/{name}", [grid], step=trainer.global_step)
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(
+                f"val/{name}", np.asarray(grid), trainer.global_step, dataformats="HWC"
+            )
+    return path
+
+
 class SampleGridCallback(L.Callback):
     """Every ``every_n_validations`` validation runs, samples the first validation layouts.
 
@@ -93,21 +112,7 @@ class SampleGridCallback(L.Callback):
         self._validations += 1
         if self._validations % self.every_n_validations or not trainer.is_global_zero:
             return
-        grid = self.grid(pl_module)
-        folder = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
-        path = folder / f"step={trainer.global_step}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        grid.save(tmp, format="PNG")
-        os.replace(tmp, path)
-        log.info("samples: %s", path)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image("val/samples", [grid], step=trainer.global_step)
-            elif isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(
-                    "val/samples", np.asarray(grid), trainer.global_step, dataformats="HWC"
-                )
+        publish_grid(trainer, self.grid(pl_module), "samples")
 
     def grid(self, pl_module: DetDiffusionModule) -> Image.Image:
         """The grid of the stored layouts: real images on top, samples below, boxes drawn."""
