@@ -28,6 +28,7 @@ __all__ = [
     "LayoutPipelineOutput",
     "Strategy",
     "apply_strategy",
+    "encode_windows",
     "image_seed",
     "to_pil",
 ]
@@ -67,6 +68,13 @@ def image_seed(base_seed: int, layout_id: int, sample_index: int) -> int:
     """The seed of sample ``sample_index`` of layout ``layout_id``: independent of batch and rank."""
     state = np.random.SeedSequence([base_seed, layout_id, sample_index]).generate_state(2, np.uint64)[0]
     return int(state) >> 1  # torch seeds are signed 64-bit
+
+
+def encode_windows(text_encoder: torch.nn.Module, input_ids: torch.Tensor, window: int) -> torch.Tensor:
+    """Hidden states ``(B, W·window, D)`` of ``(B, W·window)`` ids: each window encoded on its own."""
+    b = input_ids.shape[0]
+    hidden = text_encoder(input_ids.reshape(-1, window))[0]  # (B·W, window, D)
+    return hidden.reshape(b, -1, hidden.shape[-1])
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -131,10 +139,9 @@ class LayoutDiffusionPipeline(DiffusionPipeline):
 
     def encode_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Text-encoder hidden states ``(B, W·77, D)`` of ``W`` concatenated 77-token windows."""
-        window = self.layout_tokenizer.window
-        b = input_ids.shape[0]
-        hidden = self.text_encoder(input_ids.reshape(-1, window).to(self.text_encoder.device))[0]
-        return hidden.reshape(b, -1, hidden.shape[-1])
+        return encode_windows(
+            self.text_encoder, input_ids.to(self.text_encoder.device), self.layout_tokenizer.window
+        )
 
     def prompt_ids(
         self, prompts: Sequence[Layout | str], negative_prompt: str = ""

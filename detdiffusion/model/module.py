@@ -19,7 +19,7 @@ from diffusers import SchedulerMixin
 from lightning.pytorch.cli import OptimizerCallable
 from torch.optim.lr_scheduler import LambdaLR
 
-from detdiffusion.generation.pipeline import LayoutDiffusionPipeline
+from detdiffusion.generation.pipeline import LayoutDiffusionPipeline, encode_windows
 from detdiffusion.heads import HeadInputs, PerceptionHead
 from detdiffusion.layout.encoding import LayoutTokenizer
 from detdiffusion.layout.grid import LocationGrid
@@ -195,10 +195,7 @@ class DetDiffusionModule(L.LightningModule):
 
     def encode_prompts(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Text-encoder hidden states ``(B, W·77, D)`` of ``W`` concatenated 77-token windows."""
-        window = self.layout_tokenizer.window
-        b = input_ids.shape[0]
-        hidden = self.text_encoder(input_ids.reshape(-1, window))[0]  # (B·W, 77, D)
-        return hidden.reshape(b, -1, hidden.shape[-1])
+        return encode_windows(self.text_encoder, input_ids, self.layout_tokenizer.window)
 
     @torch.no_grad()
     def encode_images(
