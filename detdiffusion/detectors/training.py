@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import logging
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchmetrics.detection import MeanAveragePrecision
 
 from detdiffusion.data.coco import Category, CocoLayouts, FilterConfig, ImageRecord, read_coco
@@ -36,6 +37,7 @@ __all__ = [
     "DetectionDataModule",
     "DetectionDataset",
     "DetectorModule",
+    "MixSampler",
     "collate_detection",
 ]
 
@@ -47,7 +49,8 @@ DETECTION_FILTERS = FilterConfig(
 )
 
 #: One image's target, torchvision's format: ``boxes`` ``(N, 4)`` float xyxy pixels, ``labels``
-#: ``(N,)`` int64 in ``1..K`` (index + 1 into ``category_ids``; 0 is background), ``image_id`` ``()``.
+#: ``(N,)`` int64 in ``1..K`` (index + 1 into ``category_ids``; 0 is background), ``image_id`` ``()``,
+#: ``is_synthetic`` ``()`` bool.
 Target = dict[str, torch.Tensor]
 
 
@@ -60,6 +63,8 @@ class DetectionDataset(Dataset):
         size: resize every image to ``size × size`` (boxes scaled); None keeps each image's size.
         hflip: flip each image left-right with probability 0.5 (training augmentation).
         seed: seed of the flips (with the epoch, see ``set_epoch``).
+        synthetic_from: records from this index on are synthetic (``is_synthetic`` in targets);
+            None: none is.
     """
 
     def __init__(
@@ -69,8 +74,10 @@ class DetectionDataset(Dataset):
         size: int | None = None,
         hflip: bool = False,
         seed: int = 0,
+        synthetic_from: int | None = None,
     ) -> None:
         self.records = list(records)
+        self.synthetic_from = len(self.records) if synthetic_from is None else synthetic_from
         self.label_of = {c: i + 1 for i, c in enumerate(category_ids)}
         self.size, self.hflip, self.seed = size, hflip, seed
         self.epoch = 0
@@ -103,7 +110,55 @@ class DetectionDataset(Dataset):
             width = image.shape[-1]
             image = image.flip(-1)
             boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
-        return image, {"boxes": boxes, "labels": labels, "image_id": torch.tensor(record.id)}
+        target = {"boxes": boxes, "labels": labels, "image_id": torch.tensor(record.id)}
+        return image, target | {"is_synthetic": torch.tensor(index >= self.synthetic_from)}
+
+
+class MixSampler(Sampler[int]):
+    """Gen2Det's batch sampling: each slot is a synthetic image with probability ``p``, else real.
+
+    An epoch has as many slots as there are real images; real images are visited in a seeded
+    shuffle, synthetic ones drawn at random. Everything is a function of (seed, epoch), so every
+    rank draws the same stream and Lightning's distributed wrapper shards it without overlap.
+
+    Args:
+        num_real: real images (dataset indices ``0..num_real-1``).
+        num_synthetic: synthetic images (the indices after them).
+        p: probability that a slot is synthetic.
+        seed: base seed.
+        epoch_source: returns the current epoch (the trainer's); None: 0, then counting passes.
+    """
+
+    def __init__(
+        self,
+        num_real: int,
+        num_synthetic: int,
+        p: float,
+        seed: int,
+        epoch_source: Callable[[], int | None] | None = None,
+    ) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"--data.synthetic_prob must be in [0, 1], got {p}")
+        if num_real < 1 or (p > 0 and num_synthetic < 1):
+            raise ValueError(
+                f"need real images, and synthetic ones when p > 0: got {num_real}, {num_synthetic}"
+            )
+        self.num_real, self.num_synthetic, self.p, self.seed = num_real, num_synthetic, p, seed
+        self.epoch_source = epoch_source
+        self._passes = 0
+
+    def __len__(self) -> int:
+        return self.num_real
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = self.epoch_source() if self.epoch_source is not None else None
+        epoch = self._passes if epoch is None else epoch
+        self._passes += 1
+        rng = np.random.default_rng([self.seed, epoch])
+        real = rng.permutation(self.num_real)
+        synthetic = rng.random(self.num_real) < self.p
+        picks = self.num_real + rng.integers(0, max(self.num_synthetic, 1), self.num_real)
+        return iter(np.where(synthetic, picks, real).tolist())
 
 
 def collate_detection(batch: list[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:
@@ -129,6 +184,13 @@ class DetectionDataModule(L.LightningDataModule):
         hflip: random left-right flips of training images.
         train_subset: train on the first N images of a seeded shuffle of the training split (low-data
             runs); None: all of them.
+        synthetic_annotations: a synthetic COCO dataset (``detdiffusion predict``'s ``annotations.json``)
+            to train on beside the real images; its thing categories must be the real ones.
+        synthetic_images: its image folder (None: the JSON's folder, where ``predict`` puts ``images/``).
+        mix: ``concat``: real and synthetic images shuffled together; ``sample``: each batch slot is
+            synthetic with probability ``synthetic_prob`` (Gen2Det), an epoch being as many slots as
+            real images.
+        synthetic_prob: the probability of ``sample``.
         batch_size: images per batch.
         num_workers: data loading processes.
         seed: seed of the subset, the shuffling and the flips.
@@ -145,6 +207,10 @@ class DetectionDataModule(L.LightningDataModule):
         size: int | None = None,
         hflip: bool = True,
         train_subset: int | None = None,
+        synthetic_annotations: str | None = None,
+        synthetic_images: str | None = None,
+        mix: Literal["concat", "sample"] = "concat",
+        synthetic_prob: float = 0.2,
         batch_size: int = 8,
         num_workers: int = 2,
         seed: int = 0,
@@ -152,6 +218,10 @@ class DetectionDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         check_split_paths(train_annotations, train_images, val_annotations, val_images)
+        if mix not in ("concat", "sample"):
+            raise ValueError(f"--data.mix must be 'concat' or 'sample', got {mix!r}")
+        if not 0.0 <= synthetic_prob <= 1.0:
+            raise ValueError(f"--data.synthetic_prob must be in [0, 1], got {synthetic_prob}")
         if batch_size < 1:
             raise ValueError(f"--data.batch_size must be >= 1, got {batch_size}")
         if size is not None and size < 1:
@@ -215,8 +285,10 @@ class DetectionDataModule(L.LightningDataModule):
                     )
                 order = np.random.default_rng(hp.seed).permutation(len(records))
                 records = [records[i] for i in order[: hp.train_subset]]
+            num_real = len(records)
+            records += self._synthetic_records()
             self.train_dataset = DetectionDataset(
-                records, self.category_ids, hp.size, hflip=hp.hflip, seed=hp.seed
+                records, self.category_ids, hp.size, hflip=hp.hflip, seed=hp.seed, synthetic_from=num_real
             )
         if stage in ("fit", "validate", "test", None) and self.val_dataset is None:
             coco = self.read_split("val")
@@ -224,12 +296,36 @@ class DetectionDataModule(L.LightningDataModule):
                 self._adopt_categories(coco)
                 self.val_dataset = DetectionDataset(coco.images, self.category_ids, hp.size)
 
+    def _synthetic_records(self) -> list[ImageRecord]:
+        hp = self.hparams
+        if hp.synthetic_annotations is None:
+            return []
+        path = Path(hp.synthetic_annotations).expanduser()
+        coco = read_coco(path, hp.synthetic_images or path.parent, filters=self.filters)
+        rank_zero_info(f"synthetic: {path}\n{coco.report.format()}")
+        theirs = {c.id: c.name for c in coco.categories.values() if not c.is_stuff}
+        ours = {c.id: c.name for c in self.categories}
+        if theirs != ours:
+            raise ValueError(f"{path}: thing categories {theirs} differ from the real training data's {ours}")
+        return list(coco.images)
+
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             raise RuntimeError("call setup('fit') before train_dataloader()")
+        hp = self.hparams
         if self.trainer is not None:
             self.train_dataset.set_epoch(self.trainer.current_epoch)
-        generator = torch.Generator().manual_seed(self.hparams.seed)
+        if hp.mix == "sample" and hp.synthetic_annotations is not None:
+            real = self.train_dataset.synthetic_from
+            sampler = MixSampler(
+                real,
+                len(self.train_dataset) - real,
+                hp.synthetic_prob,
+                hp.seed,
+                lambda: self.trainer.current_epoch if self.trainer is not None else None,
+            )
+            return self._loader(self.train_dataset, shuffle=False, sampler=sampler)
+        generator = torch.Generator().manual_seed(hp.seed)
         return self._loader(self.train_dataset, shuffle=True, generator=generator)
 
     def val_dataloader(self) -> DataLoader | list:

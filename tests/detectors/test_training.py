@@ -164,3 +164,80 @@ def test_a_checkpoint_loads_without_its_initial_weights_file(tmp_path: Path) -> 
     module = DetectorModule.load_from_checkpoint(ckpt)
     assert module.hparams.weights is None
     assert module.model is not None
+
+
+def _synthetic_stand_in() -> dict:
+    """The small shapes' validation split, standing in for a synthetic dataset."""
+    from detdiffusion.data.shapes import default_shapes_dir, shapes_paths
+
+    _datamodule()  # makes the shapes
+    val = shapes_paths(default_shapes_dir(SMALL_SHAPES))["val"]
+    return {"synthetic_annotations": str(val.annotations), "synthetic_images": str(val.images)}
+
+
+def test_concatenated_synthetic_images_are_flagged() -> None:
+    dm = _datamodule(hflip=False, **_synthetic_stand_in())
+    dataset = dm.train_dataset
+    assert len(dataset) == 12 + 4 and dataset.synthetic_from == 12
+    flags = [bool(dataset[i][1]["is_synthetic"]) for i in range(len(dataset))]
+    assert flags == [False] * 12 + [True] * 4
+    _, targets = next(iter(dm.train_dataloader()))
+    assert all("is_synthetic" in t for t in targets)
+
+
+def test_sampled_mixing_draws_synthetic_slots_with_probability_p() -> None:
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+
+    from detdiffusion.detectors.training import MixSampler
+
+    sampler = MixSampler(num_real=2000, num_synthetic=50, p=0.2, seed=0, epoch_source=lambda: 3)
+    drawn = list(sampler)
+    share = sum(i >= 2000 for i in drawn) / len(drawn)
+    assert len(drawn) == 2000 and abs(share - 0.2) < 0.03  # 4 standard deviations
+    assert list(sampler) == drawn  # a function of (seed, epoch): every rank draws the same stream
+    assert list(MixSampler(2000, 50, 0.2, 0, lambda: 4)) != drawn
+    real = [i for i in drawn if i < 2000]
+    assert len(set(real)) == len(real)  # real images without repeats within an epoch
+    assert all(i < 2000 for i in MixSampler(100, 5, 0.0, 0))
+    # Under DDP Lightning wraps it: the two ranks' shares cover the stream without overlap.
+    shards = [list(DistributedSamplerWrapper(sampler, num_replicas=2, rank=r, shuffle=False)) for r in (0, 1)]
+    assert sorted(shards[0] + shards[1]) == sorted(drawn)
+
+    dm = _datamodule(mix="sample", synthetic_prob=0.5, **_synthetic_stand_in())
+    loader = dm.train_dataloader()
+    assert isinstance(loader.sampler, MixSampler) and len(loader.sampler) == 12
+
+
+def test_synthetic_data_of_other_classes_is_refused(tmp_path: Path) -> None:
+    import json
+
+    stand_in = _synthetic_stand_in()
+    data = json.loads(Path(stand_in["synthetic_annotations"]).read_text())
+    for c in data["categories"]:
+        if c["name"] == "star":
+            c["name"] = "heart"
+    path = tmp_path / "synthetic.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"synthetic\.json: thing categories .* differ from the real"):
+        _datamodule(synthetic_annotations=str(path), synthetic_images=stand_in["synthetic_images"])
+    with pytest.raises(ValueError, match="synthetic_prob must be in"):
+        _datamodule(synthetic_prob=1.5)
+
+
+def test_fit_on_real_and_synthetic_through_the_cli(tmp_path: Path) -> None:
+    stand_in = _synthetic_stand_in()
+    main(
+        [
+            "fit",
+            "--config",
+            str(CONF),
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.max_steps=2",
+            "--trainer.limit_val_batches=0",
+            f"--data.synthetic_annotations={stand_in['synthetic_annotations']}",
+            f"--data.synthetic_images={stand_in['synthetic_images']}",
+            "--data.mix=sample",
+            "--data.synthetic_prob=0.5",
+        ]
+    )
+    assert list(tmp_path.glob("**/checkpoints/*.ckpt"))
