@@ -61,6 +61,32 @@ def _check_threshold(value: float, name: str) -> float:
     return value
 
 
+def detected(
+    gt_boxes: torch.Tensor,
+    gt_labels: torch.Tensor,
+    detections: Detections,
+    min_score: float,
+    min_iou: float,
+    strict: bool,
+) -> torch.Tensor:
+    """``(N,)`` bool: which objects a detection of the same class overlaps (one IoU matrix).
+
+    A detection counts when its score is above ``min_score`` and its IoU with the object above
+    ``min_iou``: strictly (``>``, the attributes' γ and β) or not (``>=``). NaN IoUs never count.
+    """
+    gt_boxes = torch.as_tensor(gt_boxes, dtype=torch.float64).reshape(-1, 4)
+    gt_labels = torch.as_tensor(gt_labels, dtype=torch.int64).reshape(-1)
+    above = torch.gt if strict else torch.ge
+    scores = detections["scores"].detach().cpu().reshape(-1)
+    keep = above(scores, min_score)
+    boxes = detections["boxes"].detach().cpu().to(torch.float64).reshape(-1, 4)[keep]
+    labels = detections["labels"].detach().cpu().to(torch.int64).reshape(-1)[keep]
+    if not boxes.shape[0] or not gt_boxes.shape[0]:
+        return torch.zeros(gt_boxes.shape[0], dtype=torch.bool)
+    match = above(box_iou(gt_boxes, boxes), min_iou) & (gt_labels[:, None] == labels[None, :])
+    return match.any(dim=1)
+
+
 def assign_attributes(
     gt_boxes: torch.Tensor,
     gt_labels: torch.Tensor,
@@ -100,17 +126,7 @@ def assign_attributes(
             raise ValueError(f"expected one is_stuff flag per box, got {is_stuff.shape[0]} for {n} boxes")
         known &= ~is_stuff
 
-    scores = detections["scores"].detach().cpu().reshape(-1)
-    keep = scores > gamma  # strict: a score of exactly gamma is dropped
-    boxes = detections["boxes"].detach().cpu().to(torch.float64).reshape(-1, 4)[keep]
-    labels = detections["labels"].detach().cpu().to(torch.int64).reshape(-1)[keep]
-    if boxes.shape[0]:
-        iou = box_iou(gt_boxes, boxes)  # (N, M)
-        # strict: an IoU of exactly beta is not a match; NaN (degenerate boxes) never matches
-        match = (iou > beta) & (gt_labels[:, None] == labels[None, :])
-        easy = match.any(dim=1)
-    else:
-        easy = torch.zeros(n, dtype=torch.bool)
+    easy = detected(gt_boxes, gt_labels, detections, gamma, beta, strict=True)
     codes = torch.where(easy, 0, 1)
     codes = torch.where(known, codes, 2)  # (N,) index into _LABELS
     return [_LABELS[c] for c in codes.tolist()]
@@ -302,12 +318,12 @@ def label_attributes(
         "source": annotations.name,
         **report.as_dict(),
     }
-    _write_json_atomic(data, out)
+    write_json_atomic(data, out)
     log.info("wrote %s: %s", out, report.totals())
     return report
 
 
-def _write_json_atomic(data: Mapping[str, Any] | Sequence[Any], out: Path) -> None:
+def write_json_atomic(data: Mapping[str, Any] | Sequence[Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
