@@ -28,7 +28,7 @@ from torchmetrics.detection import MeanAveragePrecision
 from detdiffusion.data.coco import Category, CocoLayouts, FilterConfig, ImageRecord, read_coco
 from detdiffusion.data.datamodule import check_split_paths
 from detdiffusion.data.shapes import ShapesConfig, default_shapes_dir, generate_shapes, shapes_paths
-from detdiffusion.data.transforms import load_rgb
+from detdiffusion.detectors.running import load_image
 from detdiffusion.detectors.torchvision import Architecture, TorchvisionDetector
 from detdiffusion.evaluation.yolo_score import map_backend
 
@@ -90,13 +90,7 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
         record = self.records[index]
-        array = load_rgb(record.path, record.id)
-        if array.shape[:2] != (record.height, record.width):
-            raise ValueError(
-                f"{record.path} (image id {record.id}): image is {array.shape[1]}x{array.shape[0]}, "
-                f"the annotations say {record.width}x{record.height}"
-            )
-        image = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
+        image = load_image(record)  # (3, H, W), its size checked against the record
         objects = [a for a in record.annotations if a.category_id in self.label_of]
         boxes = torch.tensor([a.box for a in objects], dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor([self.label_of[a.category_id] for a in objects], dtype=torch.int64)
