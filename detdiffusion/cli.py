@@ -94,6 +94,74 @@ def _attributes_parser() -> ArgumentParser:
     return p
 
 
+def _filter_instances_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        description="Gen2Det's instance filter: drop the synthetic objects a detector trained on real data "
+        "does not find (no detection of their class with score >= --min_score and IoU >= --min_iou)."
+    )
+    p.add_argument("--annotations", type=Path, required=True, help="Synthetic COCO JSON (left untouched).")
+    p.add_argument("--images", type=Path | None, default=None, help="Its image folder (default: its folder).")
+    p.add_argument(
+        "--detector",
+        type=Path,
+        required=True,
+        help="YAML/JSON file with the detector's class_path and init_args.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="Filtered COCO JSON to write.")
+    p.add_argument("--min_score", type=float, default=0.1, help="Detections below this score do not count.")
+    p.add_argument("--min_iou", type=float, default=0.3, help="Least IoU of a same-class detection.")
+    p.add_argument("--batch_size", type=int | None, default=None, help="Images per detector call.")
+    return p
+
+
+def _filter_images_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        description="Gen2Det's image filter: keep the synthetic images whose aesthetic score (CLIP ViT-L/14 "
+        "+ LAION's MLP) is at least a threshold, by default the real images' mean score."
+    )
+    p.add_argument("--annotations", type=Path, required=True, help="Synthetic COCO JSON (left untouched).")
+    p.add_argument("--images", type=Path | None, default=None, help="Its image folder (default: its folder).")
+    p.add_argument("--out", type=Path, required=True, help="Filtered COCO JSON to write.")
+    p.add_argument(
+        "--clip_weights", type=Path, required=True, help="Local open_clip weights of --clip_model."
+    )
+    p.add_argument("--mlp_weights", type=Path, required=True, help="Local aesthetic MLP weights.")
+    p.add_argument("--clip_model", type=str, default="ViT-L-14", help="open_clip model name.")
+    p.add_argument("--threshold", type=float | None, default=None, help="Keep images scoring at least this.")
+    p.add_argument(
+        "--real_annotations",
+        type=Path | None,
+        default=None,
+        help="Real COCO JSON: its mean is the threshold.",
+    )
+    p.add_argument("--real_images", type=Path | None, default=None, help="Its image folder.")
+    p.add_argument("--batch_size", type=int, default=32, help="Images per CLIP call.")
+    return p
+
+
+def _trainability_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        description="Train a detector on real data and on real + synthetic data over several seeds and "
+        "report validation mAP, mean ± std (trainability.json, .md, .png)."
+    )
+    p.add_argument("--config", type=Path, required=True, help="The detector's fit config (a DetectorModule).")
+    p.add_argument(
+        "--synthetic", type=Path, required=True, help="Synthetic COCO JSON (detdiffusion predict's)."
+    )
+    p.add_argument(
+        "--synthetic_images", type=Path | None, default=None, help="Its image folder (default: its folder)."
+    )
+    p.add_argument("--out", type=Path, required=True, help="Folder of the runs and the report.")
+    p.add_argument("--seeds", type=list[int], default=[0, 1, 2], help="One run of each variant per seed.")
+    p.add_argument(
+        "--fit_args",
+        type=list[str],
+        default=[],
+        help='Extra fit arguments, e.g. ["--trainer.max_steps=100"].',
+    )
+    return p
+
+
 def _load_detector(path: Path):
     """The ``Detector`` a ``{class_path, init_args}`` file describes, and that spec as JSON."""
     import argparse
@@ -181,10 +249,54 @@ def _run_attributes(cfg) -> None:
     print(f"wrote {cfg.out} and {plot}")
 
 
+def _run_filter_instances(cfg) -> None:
+    from detdiffusion.evaluation.filters import filter_instances
+
+    detector, _ = _load_detector(cfg.detector)
+    report = filter_instances(
+        cfg.annotations, cfg.out, detector, cfg.images, cfg.min_score, cfg.min_iou, cfg.batch_size
+    )
+    print(
+        f"kept {report.judged - report.dropped:,} of {report.judged:,} judged objects in {report.images:,} "
+        f"images; dropped per class: {report.dropped_per_class}\nwrote {cfg.out}"
+    )
+
+
+def _run_filter_images(cfg) -> None:
+    from detdiffusion.evaluation.aesthetic import AestheticScorer, filter_images
+
+    scorer = AestheticScorer(cfg.clip_weights, cfg.mlp_weights, cfg.clip_model, batch_size=cfg.batch_size)
+    report = filter_images(
+        cfg.annotations,
+        cfg.out,
+        scorer,
+        cfg.images,
+        threshold=cfg.threshold,
+        real_annotations=cfg.real_annotations,
+        real_images=cfg.real_images,
+    )
+    print(f"{report.format()}\nwrote {cfg.out}")
+
+
+def _run_trainability(cfg) -> None:
+    from detdiffusion.evaluation.trainability import RunFailed, run_trainability
+
+    try:
+        report = run_trainability(
+            cfg.config, cfg.out, cfg.synthetic, cfg.synthetic_images, cfg.seeds, cfg.fit_args
+        )
+    except RunFailed as e:  # the run's own log says why; its tail is in the message
+        raise SystemExit(f"error: {e}") from None
+    print(f"{report.format()}\nwrote {cfg.out}/trainability.json, .md and .png")
+
+
 DATA_COMMANDS = {
     "shapes": (_shapes_parser, _run_shapes),
     "inspect-data": (_inspect_parser, _run_inspect),
     "attributes": (_attributes_parser, _run_attributes),
+    "filter-instances": (_filter_instances_parser, _run_filter_instances),
+    "filter-images": (_filter_images_parser, _run_filter_images),
+    "trainability": (_trainability_parser, _run_trainability),
 }
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -200,6 +312,11 @@ Data commands:
   shapes        write the built-in shapes dataset (COCO format)
   inspect-data  what a dataset holds, prompt token budgets, sample pictures
   attributes    label objects easy / hard / background with a detector (P.A. attributes)
+
+Evaluation commands:
+  filter-instances  drop synthetic objects a real-trained detector does not find (Gen2Det)
+  filter-images     keep synthetic images scoring at least the real mean aesthetic score (Gen2Det)
+  trainability      detector mAP on real vs real + synthetic data, several seeds, mean ± std
 """
 
 

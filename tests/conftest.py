@@ -41,3 +41,25 @@ def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ShapesConfig(num_train=24, num_val=8, size=64),
         progress=False,
     )
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny DetDiffusion (tests/conf/detdiffusion.yaml) trained one step through the CLI."""
+    from detdiffusion.cli import main
+    from tests.model.tiny import CONF
+
+    root = tmp_path_factory.mktemp("fit")
+    main(
+        [
+            "fit",
+            "--config",
+            str(CONF),
+            f"--trainer.default_root_dir={root}",
+            "--trainer.max_steps=1",
+            "--trainer.enable_checkpointing=true",
+            "--trainer.limit_val_batches=0",
+        ]
+    )
+    (ckpt,) = root.glob("**/*.ckpt")
+    return ckpt

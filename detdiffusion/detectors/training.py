@@ -28,6 +28,7 @@ from torchmetrics.detection import MeanAveragePrecision
 from detdiffusion.data.coco import Category, CocoLayouts, FilterConfig, ImageRecord, read_coco
 from detdiffusion.data.datamodule import check_split_paths
 from detdiffusion.data.shapes import ShapesConfig, default_shapes_dir, generate_shapes, shapes_paths
+from detdiffusion.detectors.background import ignore_synthetic_background
 from detdiffusion.detectors.running import load_image
 from detdiffusion.detectors.torchvision import Architecture, TorchvisionDetector
 from detdiffusion.evaluation.yolo_score import map_backend
@@ -374,6 +375,9 @@ class DetectorModule(L.LightningModule):
             512; fewer is much cheaper and enough for few objects an image). Training only.
         rpn_proposals_train: proposals kept after NMS in training (torchvision: 2000). Training only.
         score_threshold: drop detections below this score (validation and ``to_detector``).
+        background_ignore: Gen2Det's background ignore (Faster R-CNN only): on synthetic images
+            (``is_synthetic`` targets) the RPN and the box head train no background (negative) terms.
+            Synthetic images without objects then carry no term and are left out of their batch.
     """
 
     def __init__(
@@ -392,6 +396,7 @@ class DetectorModule(L.LightningModule):
         roi_samples_per_image: int = 128,
         rpn_proposals_train: int = 300,
         score_threshold: float = 0.05,
+        background_ignore: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -441,6 +446,8 @@ class DetectorModule(L.LightningModule):
             self.model.roi_heads.fg_bg_sampler.batch_size_per_image = hp.roi_samples_per_image
         if hasattr(self.model, "rpn"):
             self.model.rpn._post_nms_top_n["training"] = hp.rpn_proposals_train
+        if hp.background_ignore:
+            ignore_synthetic_background(self.model)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self.trainer is not None else None
@@ -468,7 +475,16 @@ class DetectorModule(L.LightningModule):
 
     def training_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> torch.Tensor:
         images, targets = batch
-        losses = self.model(images, [{k: t[k] for k in ("boxes", "labels")} for t in targets])
+        keys = ("boxes", "labels", "is_synthetic") if self.hparams.background_ignore else ("boxes", "labels")
+        targets = [{k: t[k] for k in keys if k in t} for t in targets]
+        if self.hparams.background_ignore:
+            kept = [i for i, t in enumerate(targets) if len(t["boxes"]) or not t.get("is_synthetic", False)]
+            self.log("train/ignored_images", float(len(images) - len(kept)), batch_size=len(images))
+            images, targets = [images[i] for i in kept], [targets[i] for i in kept]
+            if not images:
+                # A zero step that still touches every parameter, so DDP ranks stay in step.
+                return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+        losses = self.model(images, targets)
         loss = sum(losses.values())
         bs = len(images)
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)

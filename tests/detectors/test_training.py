@@ -238,6 +238,7 @@ def test_fit_on_real_and_synthetic_through_the_cli(tmp_path: Path) -> None:
             f"--data.synthetic_images={stand_in['synthetic_images']}",
             "--data.mix=sample",
             "--data.synthetic_prob=0.5",
+            "--model.background_ignore=true",
         ]
     )
     assert list(tmp_path.glob("**/checkpoints/*.ckpt"))

@@ -66,3 +66,35 @@ def test_refuses_to_overwrite_its_input(shapes_dir: Path) -> None:
     annotations, images = _stand_in(shapes_dir)
     with pytest.raises(ValueError, match="is the input file"):
         filter_instances(annotations, annotations, EmptyDetector([1]), images, progress=False)
+
+
+def test_filter_instances_command(shapes_dir: Path, tmp_path: Path, capsys) -> None:
+    from detdiffusion.cli import main
+
+    annotations, images = _stand_in(shapes_dir)
+    config = tmp_path / "detector.yaml"
+    config.write_text(
+        "class_path: tests.detectors.fakes.EmptyDetector\ninit_args: {detectable: [1, 2, 3, 4, 5]}\n"
+    )
+    out = tmp_path / "filtered.json"
+    main(
+        [
+            "filter-instances",
+            f"--annotations={annotations}",
+            f"--images={images}",
+            f"--detector={config}",
+            f"--out={out}",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "kept 0 of" in printed and str(out) in printed
+    assert json.loads(out.read_text())["info"]["instance_filter"]["min_iou"] == 0.3
+    with pytest.raises(SystemExit, match=r"error: --out .* is the input file"):
+        main(
+            [
+                "filter-instances",
+                f"--annotations={annotations}",
+                f"--detector={config}",
+                f"--out={annotations}",
+            ]
+        )

@@ -12,28 +12,8 @@ from PIL import Image
 
 from detdiffusion.cli import main
 from detdiffusion.generation import image_seed
-from tests.model.tiny import CONF
 
 GENERATE = Path(__file__).parents[1] / "conf" / "generate.yaml"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny DetDiffusion trained one step through the CLI."""
-    root = tmp_path_factory.mktemp("fit")
-    main(
-        [
-            "fit",
-            "--config",
-            str(CONF),
-            f"--trainer.default_root_dir={root}",
-            "--trainer.max_steps=1",
-            "--trainer.enable_checkpointing=true",
-            "--trainer.limit_val_batches=0",
-        ]
-    )
-    (ckpt,) = root.glob("**/*.ckpt")
-    return ckpt
 
 
 def predict(checkpoint: Path, out: Path, *args: str) -> dict:
