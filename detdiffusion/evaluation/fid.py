@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-__all__ = ["FID", "INCEPTION_WEIGHTS_URL"]
+__all__ = ["FID", "INCEPTION_WEIGHTS_URL", "DetectorFeatures"]
 
 #: torch-fidelity's FID Inception weights (fetch once on a machine with internet).
 INCEPTION_WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -47,6 +47,29 @@ class _Resized(nn.Module):
             x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True
         )
         return self.extractor(x).flatten(1)
+
+
+class DetectorFeatures(nn.Module):
+    """A torchvision R-CNN's backbone as an FID feature extractor: each FPN level average-pooled.
+
+    For domains Inception never saw (the shapes): a detector trained on the real images knows
+    what matters there. Its scores are comparable only among themselves: say which extractor
+    made them (``FID(feature_extractor=DetectorFeatures(m), extractor_name=...)``).
+
+    Args:
+        model: a ``GeneralizedRCNN`` (``TorchvisionDetector(...).model``); it is frozen, in eval.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.backbone = model.backbone.requires_grad_(False).eval()
+        self.register_buffer("mean", torch.tensor(model.transform.image_mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(model.transform.image_std).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, S, S)`` in [0, 1] → ``(N, levels · channels)``."""
+        features = self.backbone((images - self.mean) / self.std)
+        return torch.cat([f.mean(dim=(2, 3)) for f in features.values()], dim=1)
 
 
 def _file_digest(path: Path) -> str:

@@ -16,7 +16,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.detection import MeanAveragePrecision
 
-from detdiffusion.detectors.base import Detector
+from detdiffusion.detectors.base import Detections, Detector
 from detdiffusion.layout.types import Layout
 
 __all__ = ["YOLOScore", "map_backend"]
@@ -84,10 +84,17 @@ class YOLOScore(Metric):
         if image_ids is None:
             image_ids = [i if lay.image_id is None else lay.image_id for i, lay in enumerate(layouts)]
         detections = self.detector.detect(images, list(image_ids))
+        self.update_detections(detections, layouts, [tuple(image.shape[-2:]) for image in images])
+
+    def update_detections(
+        self, detections: Sequence[Detections], layouts: Sequence[Layout], sizes: Sequence[tuple[int, int]]
+    ) -> None:
+        """``update`` with the detector already run: its detections of each image, of ``(H, W)`` pixels."""
+        if not len(detections) == len(layouts) == len(sizes):
+            raise ValueError(f"got {len(detections)} detections, {len(layouts)} layouts, {len(sizes)} sizes")
         scored = torch.tensor(sorted(self.scored))
         preds, targets = [], []
-        for image, layout, dets in zip(images, layouts, detections, strict=True):
-            height, width = image.shape[-2:]
+        for (height, width), layout, dets in zip(sizes, layouts, detections, strict=True):
             keep = [o.category_id in self.scored for o in layout.objects]
             if any(o.category_id is None for o in layout.objects):
                 raise ValueError(f"layout {layout.image_id}: objects need category_id for the YOLO score")
