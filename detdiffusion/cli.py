@@ -320,6 +320,23 @@ Evaluation commands:
 """
 
 
+def _logged_config_callback():
+    """LightningCLI's ``SaveConfigCallback`` that also gives W&B the whole config (trainer and seed
+    included; Lightning hands loggers only the model's and data's hyperparameters)."""
+    import yaml
+    from lightning.pytorch.cli import SaveConfigCallback
+    from lightning.pytorch.loggers import WandbLogger
+
+    class LoggedConfig(SaveConfigCallback):
+        def save_config(self, trainer, pl_module, stage: str) -> None:
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.log_hyperparams({"config": config})
+
+    return LoggedConfig
+
+
 def lightning_cli(args: list[str] | None = None) -> None:
     """LightningCLI over any LightningModule and LightningDataModule, picked by ``class_path``.
 
@@ -327,7 +344,7 @@ def lightning_cli(args: list[str] | None = None) -> None:
     """
     # Imported here: Lightning and diffusers take seconds to import; the data commands need neither.
     import lightning as L
-    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+    from lightning.pytorch.cli import LightningCLI
 
     # Lightning's logger has its own handler; propagating to the root's too printed every line twice.
     logging.getLogger("lightning").propagate = False
@@ -340,7 +357,7 @@ def lightning_cli(args: list[str] | None = None) -> None:
         args=args,
         # predict writes a dataset whose generation.json records its settings; a config.yaml in the
         # log folder (the working directory, without a logger) would only litter.
-        save_config_callback=None if command == ["predict"] else SaveConfigCallback,
+        save_config_callback=None if command == ["predict"] else _logged_config_callback(),
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )
