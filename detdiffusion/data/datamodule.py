@@ -27,6 +27,12 @@ from detdiffusion.layout.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
+# Datamodules built in Python keep these settings objects in their hyperparameters, which go into
+# checkpoints; torch.load(weights_only=True) (Lightning's default) refuses unknown classes.
+torch.serialization.add_safe_globals(
+    [ShapesConfig, FilterConfig, TransformConfig, LocationGrid, PromptTemplate]
+)
+
 
 def check_split_paths(
     train_annotations: str | None,

@@ -4,12 +4,14 @@ of synthetic data (Gen2Det's instance and aesthetic filters) and trainability (d
 from detdiffusion.evaluation.aesthetic import AestheticScorer, ImageFilterReport, filter_images
 from detdiffusion.evaluation.fid import FID
 from detdiffusion.evaluation.filters import InstanceFilterReport, filter_instances
+from detdiffusion.evaluation.generated import GeneratedScore, score_generated
 from detdiffusion.evaluation.trainability import TrainabilityReport, run_trainability
 from detdiffusion.evaluation.yolo_score import YOLOScore
 
 __all__ = [
     "FID",
     "AestheticScorer",
+    "GeneratedScore",
     "ImageFilterReport",
     "InstanceFilterReport",
     "TrainabilityReport",
@@ -17,4 +19,5 @@ __all__ = [
     "filter_images",
     "filter_instances",
     "run_trainability",
+    "score_generated",
 ]

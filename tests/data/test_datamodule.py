@@ -217,3 +217,22 @@ def test_settings_parse_as_lightning_cli_sees_them() -> None:
     assert dm.hparams.grid == LocationGrid(8, 8) and dm.filters.min_objects == 1
     assert dm.hparams.transform == TransformConfig(size=32)
     assert "min_object_area" in parser.dump(cfg)
+
+
+def test_settings_objects_in_checkpoints_load_safely(tmp_path) -> None:
+    # A datamodule made in Python saves these in its hyperparameters, hence in checkpoints.
+    from detdiffusion.data.coco import FilterConfig
+    from detdiffusion.data.dataset import TransformConfig
+    from detdiffusion.data.shapes import ShapesConfig
+    from detdiffusion.layout.grid import LocationGrid
+    from detdiffusion.layout.prompt import PromptTemplate
+
+    settings = [
+        ShapesConfig(num_train=3),
+        FilterConfig(),
+        TransformConfig(size=32),
+        LocationGrid(8, 8),
+        PromptTemplate(),
+    ]
+    torch.save({"datamodule_hyper_parameters": settings}, tmp_path / "c.ckpt")
+    assert torch.load(tmp_path / "c.ckpt", weights_only=True)["datamodule_hyper_parameters"] == settings
