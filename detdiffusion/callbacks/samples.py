@@ -131,6 +131,8 @@ class SampleGridCallback(L.Callback):
                 generator=generators,
                 height=batch["pixel_values"].shape[-2],
                 width=batch["pixel_values"].shape[-1],
+                boxes=batch["boxes"].repeat(k, 1, 1),  # for spatially conditioned models
+                labels=batch["labels"].repeat(k, 1),
             )
         finally:
             pl_module.train(was_training)

@@ -58,19 +58,24 @@ class SamplingSettings:
     use_ema: bool = True
 
 
-class _Plan(Dataset):
-    """This rank's items, ``(layout index, sample index, seed)`` with token ids; ``None`` is no work."""
+#: What the model gets of one layout: token ids, and its boxes ``(N, 4)`` with category ids ``(N,)``
+#: (for spatially conditioned models).
+_Prompt = tuple[np.ndarray, np.ndarray, np.ndarray]
 
-    def __init__(self, items: list[tuple[int, int, int] | None], input_ids: list[np.ndarray]) -> None:
+
+class _Plan(Dataset):
+    """This rank's items, ``(layout index, sample index, seed)`` with their prompts; ``None`` is no work."""
+
+    def __init__(self, items: list[tuple[int, int, int] | None], prompts: list[_Prompt]) -> None:
         self.items = items
-        self.input_ids = input_ids
+        self.prompts = prompts
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[tuple[int, int, int], np.ndarray] | None:
+    def __getitem__(self, i: int) -> tuple[tuple[int, int, int], _Prompt] | None:
         item = self.items[i]
-        return None if item is None else (item, self.input_ids[item[0]])
+        return None if item is None else (item, self.prompts[item[0]])
 
 
 class _OwnShard(DistributedSampler):
@@ -92,20 +97,27 @@ class _OwnShard(DistributedSampler):
 
 
 def _collate(
-    examples: list[tuple[tuple[int, int, int], np.ndarray] | None],
+    examples: list[tuple[tuple[int, int, int], _Prompt] | None],
     empty_window: np.ndarray,
     negative: torch.Tensor,
     settings: SamplingSettings,
 ) -> dict[str, Any]:
     examples = [e for e in examples if e is not None]
-    windows = max((len(ids) for _, ids in examples), default=len(empty_window)) // len(empty_window)
+    windows = max((len(p[0]) for _, p in examples), default=len(empty_window)) // len(empty_window)
     ids = np.tile(empty_window, (len(examples), windows))
-    for row, (_, i) in zip(ids, examples, strict=True):
-        row[: len(i)] = i
+    n = max((len(p[2]) for _, p in examples), default=0)
+    boxes = np.zeros((len(examples), n, 4), dtype=np.float32)
+    category_ids = np.full((len(examples), n), -1, dtype=np.int64)
+    for i, (_, (row, b, c)) in enumerate(examples):
+        ids[i, : len(row)] = row
+        boxes[i, : len(c)] = b
+        category_ids[i, : len(c)] = c
     return {
         "items": [item for item, _ in examples],
         "seeds": [item[2] for item, _ in examples],
         "input_ids": torch.from_numpy(ids),
+        "boxes": torch.from_numpy(boxes),
+        "category_ids": torch.from_numpy(category_ids),
         "negative_ids": negative,
         "settings": settings,
     }
@@ -191,7 +203,7 @@ class LayoutSetDataModule(L.LightningDataModule):
         self.layouts: list[Layout] = []
         self.store: SyntheticStore | None = None
         self.planned: list[tuple[int, int]] = []
-        self._ids: list[np.ndarray] = []
+        self._prompts: list[_Prompt] = []
         #: Images all ranks generate in this run (the plan less what was done before).
         self.to_generate = 0
 
@@ -224,7 +236,7 @@ class LayoutSetDataModule(L.LightningDataModule):
         names = {cid: tokenizer.builder.class_name(cat.name) for cid, cat in coco.categories.items()}
         known = getattr(module.hparams, "categories", None)
         records = coco.images[: self.limit]
-        self.layouts, ids = [], []
+        self.layouts, prompts = [], []
         for r in records:
             if known is not None:
                 for ann in r.annotations:
@@ -236,11 +248,35 @@ class LayoutSetDataModule(L.LightningDataModule):
                         )
             layout = apply_strategy(record_layout(r, coco.categories, names), self.strategy, self.overrides)
             encoded = tokenizer.encode(layout)
-            self.layouts.append(layout.with_objects([layout.objects[j] for j in encoded.kept]))
-            ids.append(encoded.input_ids)
+            kept = layout.with_objects([layout.objects[j] for j in encoded.kept])
+            self.layouts.append(kept)
+            prompts.append(
+                (
+                    encoded.input_ids,
+                    kept.boxes().astype(np.float32),
+                    np.asarray([o.category_id for o in kept.objects], dtype=np.int64),
+                )
+            )
         self.planned = [(lay.image_id, k) for lay in self.layouts for k in range(self.samples_per_layout)]
-
-        self._ids = ids
+        self._prompts = prompts
+        spatial = getattr(module, "spatial_ids", None)
+        if spatial is not None:
+            used = {o.category_id for lay in self.layouts for o in lay.objects}
+            for stuff in (False, True):
+                without = [
+                    f"{coco.categories[c].name} ({c})"
+                    for c in sorted(used - set(spatial))
+                    if coco.categories[c].is_stuff == stuff
+                ]
+                if without:
+                    # A thing without a channel is likely a category-id mismatch with the training data.
+                    (log.info if stuff else log.warning)(
+                        "spatial conditioning: no box-map channel (categories %s) for %s in %s: drawn "
+                        "through the prompt only",
+                        list(spatial),
+                        ", ".join(without),
+                        self.layouts_path,
+                    )
         if not any(isinstance(cb, SyntheticDatasetWriter) for cb in trainer.callbacks):
             trainer.callbacks.append(SyntheticDatasetWriter())  # without it the images would be lost
 
@@ -292,7 +328,7 @@ class LayoutSetDataModule(L.LightningDataModule):
         )
         # A rank with nothing to do runs one empty batch, so that every rank reaches the end-of-run
         # barrier where rank zero merges the dataset (also when a rerun finds everything done).
-        return _Plan(share or [None], self._ids)
+        return _Plan(share or [None], self._prompts)
 
     def predict_dataloader(self) -> DataLoader:
         if not self.planned and not self.layouts:

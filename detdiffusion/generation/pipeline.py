@@ -21,6 +21,7 @@ from PIL import Image
 from detdiffusion.layout.encoding import LayoutTokenizer
 from detdiffusion.layout.types import Attribute, Layout
 from detdiffusion.model.sampling import denoise, make_scheduler
+from detdiffusion.model.spatial import check_spatial_categories, layout_boxes, layout_maps
 
 __all__ = [
     "STRATEGIES",
@@ -98,22 +99,44 @@ class LayoutDiffusionPipeline(DiffusionPipeline):
     Build one with ``from_module(module)`` (a ``DetDiffusionModule``; the EMA UNet when it has
     one) or ``from_export(folder)`` (a ``save_pretrained`` folder). Without a VAE the UNet works
     in pixel space (the CPU miniature).
+
+    With ``spatial_conditioning`` (the category id of each extra UNet input channel, see
+    ``detdiffusion.model.spatial``) every step feeds the layouts' box maps to the conditional
+    branch and zero maps to the negative one; objects of other categories draw nothing.
     """
 
     _optional_components: ClassVar[list[str]] = ["vae"]
     model_cpu_offload_seq = "text_encoder->unet->vae"
 
-    def __init__(self, unet, text_encoder, tokenizer, scheduler, vae=None, layout_tokenizer=None) -> None:
+    def __init__(
+        self,
+        unet,
+        text_encoder,
+        tokenizer,
+        scheduler,
+        vae=None,
+        layout_tokenizer=None,
+        spatial_conditioning: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         if not isinstance(layout_tokenizer, LayoutTokenizer):
             raise TypeError(
                 "layout_tokenizer must be the model's LayoutTokenizer (grid, template, class names)"
+            )
+        spatial = check_spatial_categories(spatial_conditioning)
+        latent = 3 if vae is None else vae.config.latent_channels
+        if unet.config.in_channels != latent + len(spatial or ()):
+            raise ValueError(
+                f"the UNet takes {unet.config.in_channels} input channels: expected {latent} latent "
+                f"channels plus one per spatial_conditioning category ({list(spatial or ())})"
             )
         self.register_modules(
             unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, vae=vae
         )
         #: Not a diffusers component: the vocabulary travels in the export's ``detdiffusion.json``.
         self.layout_tokenizer = layout_tokenizer
+        #: Category id of each box-map channel (None: no spatial conditioning); in ``detdiffusion.json``.
+        self.spatial_conditioning = spatial
 
     @classmethod
     def from_module(cls, module: Any, use_ema: bool = True) -> LayoutDiffusionPipeline:
@@ -126,6 +149,7 @@ class LayoutDiffusionPipeline(DiffusionPipeline):
             scheduler=make_scheduler(None, module.noise_scheduler.config),
             vae=module.vae,
             layout_tokenizer=module.layout_tokenizer,
+            spatial_conditioning=module.spatial_ids,
         )
 
     @classmethod
@@ -168,6 +192,22 @@ class LayoutDiffusionPipeline(DiffusionPipeline):
         negative = torch.from_numpy(tok.encode_text(negative_prompt))[None]
         return torch.from_numpy(ids), negative, kept
 
+    @staticmethod
+    def prompt_boxes(
+        prompts: Sequence[Layout | str], kept: Sequence[tuple[int, ...]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boxes ``(B, N, 4)`` and category ids ``(B, N)`` (-1 pads) of the objects in each prompt.
+
+        ``kept`` is ``prompt_ids``'s: objects left out of the prompt are left out of the maps too,
+        as in training batches. Text prompts have no objects.
+        """
+        return layout_boxes(
+            [
+                p.with_objects([p.objects[j] for j in k]) if isinstance(p, Layout) else Layout(())
+                for p, k in zip(prompts, kept, strict=True)
+            ]
+        )
+
     # -- generation -----------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -182,6 +222,8 @@ class LayoutDiffusionPipeline(DiffusionPipeline):
         height: int | None = None,
         width: int | None = None,
         progress: bool = False,
+        boxes: torch.Tensor | None = None,
+        category_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Images ``(B, 3, H, W)`` in [0, 1] for prompt token ids; StableDiffusionPipeline's loop.
 
@@ -196,6 +238,9 @@ class LayoutDiffusionPipeline(DiffusionPipeline):
             height: image height in pixels (None: the UNet's sample size).
             width: image width in pixels.
             progress: show a progress bar over the steps.
+            boxes: ``(B, N, 4)`` normalised xyxy boxes of the layouts, for ``spatial_conditioning``
+                (``prompt_boxes`` makes them; ignored without it).
+            category_ids: ``(B, N)`` category id of each box, -1 pads.
         """
         device = self.unet.device
         dtype = self.unet.dtype
@@ -219,12 +264,29 @@ class LayoutDiffusionPipeline(DiffusionPipeline):
         scale = 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
         size = self.unet.config.sample_size
         h, w = (height or size * scale) // scale, (width or size * scale) // scale
+        spatial = self.spatial_conditioning
+        maps = None
+        if spatial is not None:
+            if boxes is None or category_ids is None or category_ids.shape[0] != b:
+                raise ValueError(
+                    f"this model is spatially conditioned (categories {list(spatial)}): give the boxes and "
+                    f"category_ids of the {b} layouts (prompt_boxes makes them)"
+                )
+            maps = layout_maps(boxes.to(device), category_ids.to(device), spatial, h, w).to(dtype)
+            # The negative branch sees no boxes, as dropped captions do in training.
+            maps = torch.cat([torch.zeros_like(maps), maps]) if guided else maps
+
+        def unet(x: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+            if maps is not None:
+                x = torch.cat([x, maps], 1)
+            return self.unet(x, t, encoder_hidden_states=text, return_dict=False)[0]
+
         latents = denoise(
-            lambda x, t, text: self.unet(x, t, encoder_hidden_states=text, return_dict=False)[0],
+            unet,
             self.scheduler if scheduler is None else make_scheduler(scheduler, self.scheduler.config),
             text[b:] if guided else text,
             text[:b] if guided else None,
-            (b, self.unet.config.in_channels, h, w),
+            (b, self.unet.config.in_channels - len(spatial or ()), h, w),
             num_inference_steps,
             guidance_scale,
             generator,
@@ -290,9 +352,22 @@ class LayoutDiffusionPipeline(DiffusionPipeline):
         if len(seeds) != len(layouts):
             raise ValueError(f"got {len(seeds)} seeds for {len(layouts)} layouts")
         ids, negative, kept = self.prompt_ids(layouts, negative_prompt)
+        boxes, category_ids = (
+            self.prompt_boxes(layouts, kept) if self.spatial_conditioning is not None else (None, None)
+        )
         generators = [torch.Generator(self.unet.device).manual_seed(s) for s in seeds]
         images = self.generate_ids(
-            ids, negative, num_inference_steps, guidance_scale, scheduler, generators, height, width, progress
+            ids,
+            negative,
+            num_inference_steps,
+            guidance_scale,
+            scheduler,
+            generators,
+            height,
+            width,
+            progress,
+            boxes=boxes,
+            category_ids=category_ids,
         )
         layouts = [
             layout.with_objects([layout.objects[j] for j in k])

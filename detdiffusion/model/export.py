@@ -4,7 +4,10 @@ The folder is a plain ``StableDiffusionPipeline`` (its extended tokenizer and te
 included), so diffusers alone generates from layout prompt strings. DetDiffusion's own
 parts sit beside it: the head weights and ``detdiffusion.json`` with the layout settings.
 A pixel-space model (no VAE, the CPU miniature) is not a Stable Diffusion pipeline: its
-folder has the same parts without ``vae/`` and ``model_index.json``.
+folder has the same parts without ``vae/`` and ``model_index.json``. A spatially conditioned
+model's UNet takes box maps as extra input channels (``unet/config.json`` counts them in
+``in_channels``); ``detdiffusion.json``'s ``spatial_conditioning`` lists the category id of
+each, in channel order, and diffusers' own pipeline cannot drive such a UNet.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ _STRUCTURED = (
     "num_classes",
     "categories",
     "class_names",
+    "spatial_conditioning",
 )
 
 
@@ -191,6 +195,8 @@ def export_settings(module: DetDiffusionModule, ema: bool) -> dict[str, Any]:
         "head": None if module.head is None else head_spec(module.head),
         "num_classes": module.hparams.num_classes,
         "categories": module.hparams.categories,
+        # Category id of each box-map channel of the UNet input, after the latents (None: off).
+        "spatial_conditioning": None if module.spatial_ids is None else list(module.spatial_ids),
         "hparams": plain,
     }
 
@@ -222,6 +228,7 @@ def from_pretrained(cls: type[DetDiffusionModule], path: str | Path, **overrides
         num_classes=settings["num_classes"],
         class_names=settings["prompt_class_names"] or None,
         categories=settings["categories"],
+        spatial_conditioning=settings.get("spatial_conditioning"),  # absent from earlier exports
     )
     kwargs.update(overrides)
     module = cls(pretrained_model_name_or_path=str(path), **kwargs)

@@ -29,6 +29,7 @@ from detdiffusion.losses import diffusion_target, foreground_weight, ldm_loss, p
 from detdiffusion.model import export
 from detdiffusion.model.components import extend_for_layouts, load_components
 from detdiffusion.model.ema import ema_decay, update_ema
+from detdiffusion.model.spatial import add_input_channels, check_spatial_categories, layout_maps
 from detdiffusion.model.taps import UpBlockTaps
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,11 @@ class DetDiffusionModule(L.LightningModule):
 
     The model owns the prompt vocabulary (grid, template, tokenizer): a ``LayoutDataModule``
     in the same Trainer uses this model's ``layout_tokenizer``.
+
+    ``spatial_conditioning`` (off by default) adds the layout's boxes as per-class maps on extra,
+    zero-initialised UNet input channels (``detdiffusion.model.spatial``); the prompt still
+    carries classes, locations and attributes. Not the paper's model: the CPU shapes miniature
+    uses it so that position is learned at all (CALIBRATION.md), and its numbers say so.
 
     Args:
         pretrained_model_name_or_path: local diffusers Stable Diffusion folder; or give the
@@ -82,6 +88,12 @@ class DetDiffusionModule(L.LightningModule):
             samples and exports use it.
         compile: ``torch.compile`` the UNet's transformer blocks one by one (diffusers' regional
             compilation: fast to compile, and the decoder feature hooks stay outside the graphs).
+        spatial_conditioning: dataset category ids (COCO ``category_id``, as in
+            ``LayoutObject.category_id``) whose boxes are drawn as extra UNet input channels, one
+            channel each in this order (None: off, token-only conditioning as in the paper).
+            Objects of other categories (stuff bands, classes not listed) draw nothing and reach
+            the model through the prompt only. Layouts given to ``sample`` / ``generate`` need
+            their objects' ``category_id``; token ids need the batch's ``boxes`` and ``labels``.
     """
 
     def __init__(
@@ -115,6 +127,7 @@ class DetDiffusionModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         ema_decay: float | None = None,
         compile: bool = False,
+        spatial_conditioning: list[int] | None = None,
     ) -> None:
         super().__init__()
         # Under LightningCLI the head and optimizer are saved as their class_path configs, so
@@ -139,6 +152,12 @@ class DetDiffusionModule(L.LightningModule):
         )
         extend_for_layouts(parts, grid)
         self.unet, self.vae, self.text_encoder = parts.unet, parts.vae, parts.text_encoder
+        #: Category ids with a box-map channel, in channel order (None: spatial conditioning off).
+        self.spatial_ids = check_spatial_categories(spatial_conditioning)
+        self._fit_unet_inputs()  # before the EMA copy, which must get the same channels
+        #: Category id of each batch label (the datamodule's categories, at setup): what the
+        #: box maps of a training batch need, since batches carry class indices.
+        self.label_category_ids: list[int] | None = None
         self.noise_scheduler = parts.scheduler
         self.layout_tokenizer = LayoutTokenizer(
             parts.tokenizer, PromptBuilder(grid, template, class_names), long_prompts
@@ -171,6 +190,21 @@ class DetDiffusionModule(L.LightningModule):
 
     # -- set-up ---------------------------------------------------------------------------------
 
+    def _fit_unet_inputs(self) -> None:
+        """Widen ``conv_in`` for the box maps (a UNet that has them already is kept), or refuse."""
+        latent = 3 if self.vae is None else self.vae.config.latent_channels
+        extra = len(self.spatial_ids or ())
+        have = self.unet.config.in_channels
+        if extra and have == latent:
+            add_input_channels(self.unet, extra)
+        elif have != latent + extra:
+            raise ValueError(
+                f"the UNet takes {have} input channels; expected {latent} "
+                f"({'image' if self.vae is None else 'latent'} channels) plus {extra} box-map channels "
+                f"for --model.spatial_conditioning={list(self.spatial_ids) if extra else None}. A "
+                "spatially conditioned model needs the category ids it was trained with."
+            )
+
     def _build_head(self, num_classes: int) -> None:
         self.hparams.num_classes = num_classes  # saved, so load_from_checkpoint builds it the same
         self.head.build(self.taps.channels, self.text_encoder.config.hidden_size, num_classes)
@@ -183,6 +217,16 @@ class DetDiffusionModule(L.LightningModule):
             if not categories:
                 raise ValueError("--model.num_classes is unset and the datamodule has no categories to count")
             self._build_head(len(categories))
+        if self.spatial_ids is not None and stage != "predict":
+            if not isinstance(categories, list) or not categories:
+                raise ValueError(
+                    "--model.spatial_conditioning draws boxes by category id: the datamodule must list its "
+                    "categories (LayoutDataModule.categories) to map batch labels to ids"
+                )
+            self.label_category_ids = [c.id for c in categories]
+            missing = sorted(set(self.spatial_ids) - set(self.label_category_ids))
+            if missing:
+                log.warning("--model.spatial_conditioning: category ids %s are not in the dataset", missing)
 
     def train(self, mode: bool = True) -> DetDiffusionModule:
         super().train(mode)
@@ -226,7 +270,14 @@ class DetDiffusionModule(L.LightningModule):
         )
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         text = self.encode_prompts(batch["input_ids"])
-        pred = self.unet(noisy, timesteps, text).sample
+        if self.spatial_ids is not None:
+            # A dropped caption drops the maps too: the unconditional branch is (empty prompt, no maps).
+            shown = batch["object_mask"] & ~batch["prompt_dropped"][:, None].to(batch["object_mask"].device)
+            maps = self.box_maps(batch["boxes"], batch["labels"].masked_fill(~shown, -1), latents.shape[-2:])
+            noisy_in = torch.cat([noisy, maps.to(noisy.dtype)], 1)
+        else:
+            noisy_in = noisy
+        pred = self.unet(noisy_in, timesteps, text).sample
         target = diffusion_target(
             self.noise_scheduler.config.prediction_type, noise, latents, timesteps, self.alphas_cumprod
         )
@@ -256,6 +307,20 @@ class DetDiffusionModule(L.LightningModule):
         else:
             losses["loss"] = losses["loss_ldm"]
         return losses
+
+    def category_ids_of(self, labels: torch.Tensor) -> torch.Tensor:
+        """Category ids of a batch's ``labels`` (class indices into the datamodule's categories; -1 pads)."""
+        if self.label_category_ids is None:
+            raise RuntimeError(
+                "batch labels are class indices: mapping them to category ids needs the datamodule's "
+                "categories (read at setup; or set label_category_ids to each label's category id)"
+            )
+        table = torch.as_tensor(self.label_category_ids, device=labels.device)
+        return torch.where(labels >= 0, table[labels.clamp(min=0)], -1)
+
+    def box_maps(self, boxes: torch.Tensor, labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """``(B, C, H, W)`` box maps of a batch's ``boxes`` and ``labels`` (class indices, -1 pads)."""
+        return layout_maps(boxes, self.category_ids_of(labels), self.spatial_ids, *size)
 
     def _check_finite(self, losses: dict[str, torch.Tensor], stage: str) -> None:
         terms = [name for name in ("loss_ldm", "loss_pa") if name in losses]
@@ -322,6 +387,8 @@ class DetDiffusionModule(L.LightningModule):
         width: int | None = None,
         use_ema: bool = True,
         negative_prompt: str = "",
+        boxes: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Images ``(B, 3, H, W)`` in [0, 1] generated for layouts, text, or token ids.
 
@@ -336,15 +403,28 @@ class DetDiffusionModule(L.LightningModule):
             width: image width in pixels (None: the UNet's sample size).
             use_ema: denoise with the EMA UNet where there is one.
             negative_prompt: text of the guidance's negative branch ("": the empty prompt of training).
+            boxes: with token ids under ``spatial_conditioning``: the batch's ``boxes`` ``(B, N, 4)``
+                (layouts bring their own; text prompts have none).
+            labels: with ``boxes``: the batch's ``labels`` ``(B, N)`` (class indices, -1 pads).
         """
         pipe = self.pipeline(use_ema)
+        category_ids = None
         if isinstance(prompts, torch.Tensor):
             ids, negative = (
                 prompts,
                 torch.from_numpy(self.layout_tokenizer.encode_text(negative_prompt))[None],
             )
+            if self.spatial_ids is not None:
+                if boxes is None or labels is None:
+                    raise ValueError(
+                        "this model is spatially conditioned (--model.spatial_conditioning): sampling from "
+                        "token ids needs the batch's boxes and labels (sample(ids, boxes=..., labels=...))"
+                    )
+                category_ids = self.category_ids_of(labels.to(self.device))
         else:
-            ids, negative, _ = pipe.prompt_ids(prompts, negative_prompt)
+            ids, negative, kept = pipe.prompt_ids(prompts, negative_prompt)
+            if self.spatial_ids is not None:
+                boxes, category_ids = pipe.prompt_boxes(prompts, kept)
         with self.taps.paused() if self.taps is not None else contextlib.nullcontext():
             return pipe.generate_ids(
                 ids.to(self.device),
@@ -355,6 +435,8 @@ class DetDiffusionModule(L.LightningModule):
                 generator,
                 height,
                 width,
+                boxes=boxes if category_ids is not None else None,
+                category_ids=category_ids,
             )
 
     def generate(self, layouts: Sequence[Layout] | Layout, strategy: str = "origin", **kwargs: Any) -> list:
@@ -383,6 +465,8 @@ class DetDiffusionModule(L.LightningModule):
                 generators,
                 settings.height,
                 settings.width,
+                boxes=batch.get("boxes"),
+                category_ids=batch.get("category_ids"),
             )
         return {"images": images, "items": batch["items"]}
 
@@ -404,6 +488,8 @@ class DetDiffusionModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["detdiffusion_vocabulary"] = self._vocabulary()
+        if self.spatial_ids is not None:  # also in the hyperparameters, which load_from_checkpoint overrides
+            checkpoint["detdiffusion_spatial_conditioning"] = list(self.spatial_ids)
         if "hyper_parameters" in checkpoint:
             checkpoint["hyper_parameters"] = export.plain_hparams(checkpoint["hyper_parameters"])
 
@@ -425,6 +511,7 @@ class DetDiffusionModule(L.LightningModule):
                 "checkpoint was trained with."
             )
         state = checkpoint["state_dict"]
+        self._check_spatial_checkpoint(checkpoint)
         has_ema = any(k.startswith("ema_unet.") for k in state)
         if self.ema_unet is not None and not has_ema:
             log.info("checkpoint has no EMA UNet: starting the average from its UNet weights")
@@ -433,6 +520,22 @@ class DetDiffusionModule(L.LightningModule):
             log.info("ema_decay is off: dropping the checkpoint's EMA UNet")
             for k in [k for k in state if k.startswith("ema_unet.")]:
                 del state[k]
+
+    def _check_spatial_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose box-map channels differ from this model's, naming both."""
+        here = None if self.spatial_ids is None else list(self.spatial_ids)
+        saved = checkpoint.get("detdiffusion_spatial_conditioning")  # written only when on
+        weight = checkpoint["state_dict"].get("unet.conv_in.weight")
+        width = self.unet.conv_in.in_channels
+        if saved != here or (weight is not None and weight.shape[1] != width):
+            theirs = f"{saved}" + (
+                "" if weight is None else f" (UNet conv_in with {weight.shape[1]} input channels)"
+            )
+            raise ValueError(
+                f"the checkpoint's --model.spatial_conditioning is {theirs}; this model's is {here} "
+                f"(UNet conv_in with {width} input channels). Load it with the category ids it was "
+                "trained with."
+            )
 
     def save_pretrained(self, path: str | Path, ema: bool = True) -> Path:
         """Export a diffusers ``StableDiffusionPipeline`` folder plus the head and layout settings.
