@@ -317,8 +317,11 @@ def write_report(work: Path, results_dir: Path, settings: dict[str, Any], timing
     shutil.copy(work / "trainability" / "trainability.png", figures_dir / "trainability.png")
     figures["Trainability (bars: mean ± std; dots: seeds)"] = figures_dir / "trainability.png"
     relative = {k: str(Path(v).relative_to(results_dir)) for k, v in figures.items()}
+    # A hand-written reading of the committed run, kept beside its numbers (delete it when they change).
+    discussion = figures_dir / "discussion.md"
+    text = markdown(results, relative) + ("\n\n" + discussion.read_text() if discussion.is_file() else "\n")
     path = results_dir / "RESULTS.md"
-    path.write_text(markdown(results, relative) + "\n")
+    path.write_text(text)
     return path
 
 
