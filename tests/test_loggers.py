@@ -62,8 +62,11 @@ def test_wandb_logger_by_config_writes_an_offline_run(tmp_path, monkeypatch) -> 
         if _key(item) == "train/loss"
     ]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
-    (config,) = [r.config for r in records if r.WhichOneof("record_type") == "config"]
-    assert {"pa_weight", "batch_size"} <= {_key(item) for item in config.update}  # model and data hparams
+    keys = {
+        _key(item) for r in records if r.WhichOneof("record_type") == "config" for item in r.config.update
+    }
+    assert {"pa_weight", "batch_size"} <= keys  # model and data hparams
+    assert "config" in keys  # and the whole CLI config (trainer and seed too)
 
 
 def _key(item) -> str:

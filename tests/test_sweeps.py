@@ -164,7 +164,9 @@ def _run_trial(params: dict[str, Any], line: list[str], tmp_path: Path) -> Path:
     param_path.parent.mkdir(parents=True)
     save_config_file_from_dict(str(param_path), {k: {"value": v} for k, v in params.items()})
     env = {
-        **os.environ,
+        # Not the test process's own W&B variables: an in-process run of an earlier test leaves
+        # some (its service's address) that would capture the trial's run.
+        **{k: v for k, v in os.environ.items() if not k.startswith("WANDB_")},
         # What the agent sets for its trial.
         "WANDB_SWEEP_ID": "test",
         "WANDB_RUN_ID": run_id,
