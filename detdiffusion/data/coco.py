@@ -104,6 +104,13 @@ class FilterConfig:
         object.__setattr__(self, "drop_categories", tuple(self.drop_categories))
 
 
+#: Filters that keep every valid annotation and image: for files read as they are (attribute
+#: labelling, filters and scoring of synthetic data).
+KEEP_ALL = FilterConfig(
+    min_object_area=0.0, drop_crowd=False, drop_categories=(), min_objects=0, max_objects=None
+)
+
+
 @dataclass
 class FilterReport:
     """What reading and filtering did, in counts."""

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torchvision.ops import box_iou
 
-from detdiffusion.data.coco import ATTRIBUTE_FIELD, FilterConfig, ImageRecord, _load_json, read_coco
+from detdiffusion.data.coco import ATTRIBUTE_FIELD, KEEP_ALL, ImageRecord, _load_json, read_coco
 from detdiffusion.detectors.base import Detections, Detector
 from detdiffusion.detectors.running import detector_description, iter_detections
 from detdiffusion.layout.types import Attribute
@@ -45,11 +45,6 @@ log = logging.getLogger(__name__)
 
 #: Key of the provenance record under the output JSON's ``info``.
 INFO_KEY = "detdiffusion_attributes"
-
-#: Reading filters that keep every valid annotation: attributes belong to the file as given.
-_KEEP_ALL = FilterConfig(
-    min_object_area=0.0, drop_crowd=False, drop_categories=(), min_objects=0, max_objects=None
-)
 
 _LABELS = (Attribute.EASY, Attribute.HARD, Attribute.BACKGROUND)
 
@@ -279,7 +274,7 @@ def label_attributes(
         raise ValueError(f"out {out} is the input annotation file; write the labelled copy elsewhere")
 
     # read_coco checks the file (ids, categories, image paths, files present) and clips boxes.
-    coco = read_coco(annotations, images, filters=_KEEP_ALL, check_files=True)
+    coco = read_coco(annotations, images, filters=KEEP_ALL, check_files=True)
     stuff_ids = {int(c["id"]) for c in _load_json(Path(stuff).expanduser())["categories"]} if stuff else set()
     is_stuff_class = {cid: c.is_stuff or cid in stuff_ids for cid, c in coco.categories.items()}
     detectable = frozenset(int(c) for c in detector.detectable)

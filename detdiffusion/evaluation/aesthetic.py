@@ -20,7 +20,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from detdiffusion.data.coco import FilterConfig, ImageRecord, read_coco
+from detdiffusion.data.coco import KEEP_ALL, ImageRecord, read_coco
 from detdiffusion.data.transforms import load_rgb
 from detdiffusion.detectors.attributes import write_json_atomic
 
@@ -36,10 +36,6 @@ _CLIP_SOURCE = (
 _MLP_SOURCE = (
     "LAION's improved aesthetic predictor, sac+logos+ava1-l14-linearMSE.pth from "
     "https://github.com/christophschuhmann/improved-aesthetic-predictor"
-)
-# Only images are judged: nothing may be filtered out while reading.
-_ALL_IMAGES = FilterConfig(
-    min_object_area=0.0, drop_crowd=False, drop_categories=(), min_objects=0, max_objects=None
 )
 
 
@@ -238,7 +234,7 @@ def filter_images(
 
     if real_annotations is not None:
         real_annotations = Path(real_annotations).expanduser()
-        real = read_coco(real_annotations, real_images or real_annotations.parent, filters=_ALL_IMAGES)
+        real = read_coco(real_annotations, real_images or real_annotations.parent, filters=KEEP_ALL)
         if not real.images:
             raise ValueError(f"real_annotations {real_annotations} has no images to take a mean score of")
         threshold = _score_records(scorer, real.images, progress, desc="scoring real").double().mean().item()
@@ -252,7 +248,7 @@ def filter_images(
     else:
         threshold, source = float(threshold), "given"
 
-    coco = read_coco(annotations, images or annotations.parent, filters=_ALL_IMAGES)
+    coco = read_coco(annotations, images or annotations.parent, filters=KEEP_ALL)
     if not coco.images:
         raise ValueError(f"{annotations} has no images to filter")
     scores = _score_records(scorer, coco.images, progress, desc="scoring").tolist()

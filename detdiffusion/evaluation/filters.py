@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from detdiffusion.data.coco import FilterConfig, read_coco
+from detdiffusion.data.coco import KEEP_ALL, read_coco
 from detdiffusion.detectors.attributes import detected, write_json_atomic
 from detdiffusion.detectors.base import Detector
 from detdiffusion.detectors.running import detector_description, iter_detections
@@ -23,10 +23,6 @@ from detdiffusion.detectors.running import detector_description, iter_detections
 __all__ = ["InstanceFilterReport", "filter_instances"]
 
 log = logging.getLogger(__name__)
-
-_KEEP_ALL = FilterConfig(
-    min_object_area=0.0, drop_crowd=False, drop_categories=(), min_objects=0, max_objects=None
-)
 
 
 @dataclass
@@ -70,7 +66,7 @@ def filter_instances(
     annotations, out = Path(annotations).expanduser(), Path(out).expanduser()
     if annotations.resolve() == out.resolve():
         raise ValueError(f"--out {out} is the input file: write the filtered dataset elsewhere")
-    coco = read_coco(annotations, images or annotations.parent, filters=_KEEP_ALL)
+    coco = read_coco(annotations, images or annotations.parent, filters=KEEP_ALL)
     known = frozenset(int(c) for c in detector.detectable)
     report = InstanceFilterReport(min_score, min_iou)
     dropped: set[int] = set()

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torchvision.ops import box_iou
 
-from detdiffusion.data.coco import FilterConfig, read_coco
+from detdiffusion.data.coco import KEEP_ALL, read_coco
 from detdiffusion.data.dataset import record_layout
 from detdiffusion.detectors.base import Detector
 from detdiffusion.detectors.running import iter_detections, load_image
@@ -29,10 +29,6 @@ from detdiffusion.evaluation.yolo_score import YOLOScore
 __all__ = ["GeneratedScore", "score_generated"]
 
 log = logging.getLogger(__name__)
-
-_KEEP_ALL = FilterConfig(
-    min_object_area=0.0, drop_crowd=False, drop_categories=(), min_objects=0, max_objects=None
-)
 
 
 @dataclass
@@ -83,7 +79,7 @@ def score_generated(
         progress: show a progress bar.
     """
     annotations = Path(annotations).expanduser()
-    coco = read_coco(annotations, images or annotations.parent, filters=_KEEP_ALL)
+    coco = read_coco(annotations, images or annotations.parent, filters=KEEP_ALL)
     if not len(coco):
         raise ValueError(f"{annotations}: has no images to score")
     image_source, annotation_source = _source_ids(annotations)

@@ -83,15 +83,12 @@ def _curves(work: Path, out: Path) -> Path:
 def _samples(work: Path, out: Path, model: str, n: int = 6) -> Path:
     from PIL import Image
 
-    from detdiffusion.data.coco import FilterConfig, read_coco
+    from detdiffusion.data.coco import KEEP_ALL, read_coco
     from detdiffusion.data.dataset import record_layout
     from detdiffusion.viz import draw_layout, image_grid
 
-    keep_all = FilterConfig(
-        min_object_area=0.0, drop_crowd=False, drop_categories=(), min_objects=0, max_objects=None
-    )
     rows = []
-    real = read_coco(work / "attributes" / "val.json", work / "data" / "val", filters=keep_all)
+    real = read_coco(work / "attributes" / "val.json", work / "data" / "val", filters=KEEP_ALL)
     names = {c: cat.name for c, cat in real.categories.items()}
     rows.append(
         [
@@ -101,7 +98,7 @@ def _samples(work: Path, out: Path, model: str, n: int = 6) -> Path:
     )
     for strategy in STRATEGIES:
         generated = work / "generated" / f"{model}_{strategy}"
-        coco = read_coco(generated / "annotations.json", generated, filters=keep_all)
+        coco = read_coco(generated / "annotations.json", generated, filters=KEEP_ALL)
         rows.append(
             [
                 draw_layout(Image.open(r.path), record_layout(r, coco.categories, names), 160)
