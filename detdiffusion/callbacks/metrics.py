@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 
-from detdiffusion.detectors.attributes import write_json_atomic
+from detdiffusion.files import write_json_atomic
 
 
 class MetricsFile(L.Callback):

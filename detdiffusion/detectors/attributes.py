@@ -22,11 +22,10 @@ kept, each annotation gains an ``attribute`` field (the one ``read_coco`` reads)
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from torchvision.ops import box_iou
 from detdiffusion.data.coco import ATTRIBUTE_FIELD, KEEP_ALL, ImageRecord, _load_json, read_coco
 from detdiffusion.detectors.base import Detections, Detector
 from detdiffusion.detectors.running import detector_description, iter_detections
+from detdiffusion.files import write_json_atomic
 from detdiffusion.layout.types import Attribute
 
 __all__ = ["AttributeReport", "assign_attributes", "label_attributes"]
@@ -316,14 +316,3 @@ def label_attributes(
     write_json_atomic(data, out)
     log.info("wrote %s: %s", out, report.totals())
     return report
-
-
-def write_json_atomic(data: Mapping[str, Any] | Sequence[Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(data, f, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from detdiffusion.data.coco import KEEP_ALL, ImageRecord, read_coco
 from detdiffusion.data.transforms import load_rgb
-from detdiffusion.detectors.attributes import write_json_atomic
+from detdiffusion.files import write_json_atomic
 
 __all__ = ["AestheticMLP", "AestheticScorer", "ImageFilterReport", "filter_images"]
 

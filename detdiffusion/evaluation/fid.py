@@ -15,7 +15,6 @@ extractor's identity and reused when both match.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
+
+from detdiffusion.files import file_sha256
 
 __all__ = ["FID", "INCEPTION_WEIGHTS_URL", "DetectorFeatures"]
 
@@ -72,14 +73,6 @@ class DetectorFeatures(nn.Module):
         return torch.cat([f.mean(dim=(2, 3)) for f in features.values()], dim=1)
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 class FID(FrechetInceptionDistance):
     """Fréchet distance between real and generated image features.
 
@@ -122,7 +115,8 @@ class FID(FrechetInceptionDistance):
             super().__init__(
                 feature=2048, reset_real_features=False, feature_extractor_weights_path=str(path), **kwargs
             )
-            self.extractor = f"torch-fidelity inception-v3-compat pool3 (weights sha256 {_file_digest(path)})"
+            digest = file_sha256(path)[:16]
+            self.extractor = f"torch-fidelity inception-v3-compat pool3 (weights sha256 {digest})"
             self.preprocessing = "8-bit RGB (rounded, as PNG) → torch-fidelity's bilinear resize to 299x299"
         else:
             super().__init__(

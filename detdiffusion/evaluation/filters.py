@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 
 from detdiffusion.data.coco import KEEP_ALL, read_coco
-from detdiffusion.detectors.attributes import detected, write_json_atomic
+from detdiffusion.detectors.attributes import detected
 from detdiffusion.detectors.base import Detector
 from detdiffusion.detectors.running import detector_description, iter_detections
+from detdiffusion.files import write_json_atomic
 
 __all__ = ["InstanceFilterReport", "filter_instances"]
 

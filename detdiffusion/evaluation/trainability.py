@@ -12,7 +12,6 @@ finished runs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detdiffusion.detectors.attributes import write_json_atomic
+from detdiffusion.files import atomic_write_bytes, file_sha256, write_json_atomic
 
 __all__ = ["RunFailed", "TrainabilityReport", "TrainabilityRun", "run_trainability"]
 
@@ -166,9 +165,9 @@ def run_trainability(
     images = Path(synthetic_images).expanduser().resolve() if synthetic_images else synthetic.parent
     settings = {
         "config": str(config),
-        "config_sha256": _sha256(config),
+        "config_sha256": file_sha256(config),
         "synthetic_annotations": str(synthetic),
-        "synthetic_annotations_sha256": _sha256(synthetic),
+        "synthetic_annotations_sha256": file_sha256(synthetic),
         "synthetic_images": str(images),
         "seeds": [int(s) for s in seeds],
         "fit_args": list(fit_args),
@@ -188,7 +187,7 @@ def run_trainability(
         report.runs.append(TrainabilityRun(variant, int(seed), str(directory), metrics))
         log.info("  mAP %.3f, AP50 %.3f", metrics["val/map"], metrics["val/map_50"])
         write_json_atomic(report.as_dict(), out / REPORT)
-    (out / "trainability.md").write_text(report.format() + "\n")
+    atomic_write_bytes(out / "trainability.md", (report.format() + "\n").encode())
     report.plot(out / "trainability.png")
     log.info("trainability (%d seeds):\n%s\nwrote %s", len(seeds), report.format(), out / REPORT)
     return report
@@ -254,14 +253,6 @@ def _check_same_settings(path: Path, settings: dict[str, Any]) -> None:
             f"{path.parent} holds trainability runs of other settings ({', '.join(changed)} differ): "
             "use another --out, or delete it"
         )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _stats(values: list[float]) -> dict[str, float | None]:

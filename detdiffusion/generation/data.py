@@ -10,7 +10,6 @@ share of what is left (images ``r, r + N, …`` of the plan): no image twice.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from detdiffusion.data.coco import FilterConfig, read_coco
 from detdiffusion.data.dataset import record_layout
 from detdiffusion.data.shapes import ShapesConfig, default_shapes_dir, generate_shapes, shapes_paths
+from detdiffusion.files import file_sha256
 from detdiffusion.generation.pipeline import STRATEGIES, apply_strategy, image_seed, to_pil
 from detdiffusion.generation.store import SyntheticStore, record
 from detdiffusion.layout.types import Attribute, Layout
@@ -121,14 +121,6 @@ def _collate(
         "negative_ids": negative,
         "settings": settings,
     }
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(functools.partial(f.read, 1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class LayoutSetDataModule(L.LightningDataModule):
@@ -284,7 +276,7 @@ class LayoutSetDataModule(L.LightningDataModule):
         module = trainer.lightning_module
         ckpt = getattr(trainer, "ckpt_path", None)
         return {
-            "layouts": {"path": str(self.layouts_path.resolve()), "sha256": _sha256(self.layouts_path)},
+            "layouts": {"path": str(self.layouts_path.resolve()), "sha256": file_sha256(self.layouts_path)},
             "limit": self.limit,
             "filters": asdict(self.filters),
             "samples_per_layout": self.samples_per_layout,

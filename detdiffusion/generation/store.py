@@ -23,9 +23,10 @@ from typing import Any
 from PIL import Image
 
 from detdiffusion.data.coco import Category
+from detdiffusion.files import atomic_write_bytes
 from detdiffusion.layout.types import Layout
 
-__all__ = ["MANIFEST", "SyntheticStore", "atomic_write_bytes"]
+__all__ = ["MANIFEST", "SyntheticStore"]
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +35,6 @@ ANNOTATIONS = "annotations.json"
 
 #: ``(layout id, sample index)``: one image of the plan.
 Key = tuple[int, int]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: never a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _image_name(key: Key) -> str:
